@@ -1,0 +1,130 @@
+"""Native core of scrapy_hexproxy: the session pool, retry policy and stats."""
+
+from collections.abc import Sequence
+from typing import Final, final
+
+__version__: Final[str]
+"""Version of the package, from Cargo.toml."""
+
+BLACKLISTED: Final = 1
+"""Flag returned by ``record_*``: this failure blacklisted the session."""
+
+AUTH_FAILED: Final = 2
+"""Flag returned by ``record_status``: this 407 reached ``auth_failures_to_close`` in a row.
+Returned once per ``Core``; ``Core.auth_failed`` stays true from then on."""
+
+PASS: Final = 0
+"""``decide_retry``: not a retry case, hand the response or exception on unchanged."""
+
+RETRY: Final = 1
+"""``decide_retry``: schedule a retry (counted in ``hex_proxy/retry``)."""
+
+GIVE_UP: Final = 2
+"""``decide_retry``: retryable but out of retries (counted in ``hex_proxy/retry/max_exceeded``)."""
+
+@final
+class Core:
+    """The session pool, retry policy and stats of one crawl. Thread-safe.
+
+    Sessions are numbered ``0 .. pool_size - 1``; every method that takes an ``index`` raises
+    ``IndexError`` for any other number. Every operation is O(1) at any pool size.
+    """
+
+    def __init__(
+        self,
+        *,
+        pool_size: int,
+        max_failures: int,
+        cooldown: float,
+        max_retries: int,
+        retry_codes: Sequence[int],
+        failure_codes: Sequence[int],
+        auth_failures_to_close: int,
+        user: str,
+        password: str,
+        manual_clock: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        """Validate the settings and build the pool with every session live.
+
+        Raises ``ValueError`` naming the ``HEX_PROXY_*`` setting that is out of range (the
+        password is never part of the message). ``manual_clock=True`` starts a clock at 0 that
+        only ``advance`` moves; ``seed`` (``0 <= seed < 2**64``) makes the picks reproducible.
+        """
+
+    def pick(self, exclude: tuple[int, ...] | None = None) -> int | None:
+        """A live session chosen uniformly at random, avoiding the sessions in ``exclude`` (those
+        that already failed this request) when any other session is live; among all live
+        sessions if every one is excluded. ``None`` when every session is cooling down: see
+        ``next_live_in``."""
+
+    def session_id(self, index: int) -> str:
+        """The session's id: ``"s000"``, ``"s007"``, ``"s1234"``."""
+
+    def proxy_authorization(self, index: int) -> bytes:
+        """The ``Proxy-Authorization`` header value, ``b"Basic ..."``, for the gateway username
+        ``"{user}-session-{id}"`` and the password."""
+
+    def record_status(self, index: int, status: int) -> int:
+        """Count a response on the session. A status in ``failure_codes`` is a failure (stat
+        ``hex_proxy/failure/<status>``); any other status is a success that resets the session's
+        consecutive failures. A 407 counts towards ``auth_failures_to_close`` whatever the
+        failure codes; a success resets that count. Returns ``BLACKLISTED | AUTH_FAILED``
+        flags. A failure on a session that is already cooling is counted in the stats only."""
+
+    def record_success(self, index: int) -> None:
+        """Count an attempt that worked but whose status was not seen (e.g. a redirect):
+        resets the session's consecutive failures and the consecutive 407s."""
+
+    def record_exception(self, index: int, reason: str) -> int:
+        """Count a transport exception on the session as a failure; ``reason`` (the exception
+        class name) names the stat ``hex_proxy/failure/<reason>``. Returns ``BLACKLISTED`` or 0."""
+
+    def decide_retry(
+        self, status: int | None, retry_times: int, max_retry_times: int | None = None
+    ) -> int:
+        """Whether to retry: ``PASS``, ``RETRY`` or ``GIVE_UP``.
+
+        ``status`` is the response status, or ``None`` for a transport exception (always
+        retryable); a status is retryable when it is in ``retry_codes``, except a 407 once
+        ``auth_failed``. ``retry_times`` is the number of retries already done (the request's
+        ``retry_times`` meta); ``max_retry_times`` (meta) overrides ``max_retries``. Counts
+        ``RETRY`` and ``GIVE_UP`` in the stats."""
+
+    def next_live_in(self) -> float:
+        """Seconds until a session is live again; 0.0 when one is live now."""
+
+    def advance(self, seconds: float) -> None:
+        """Move the manual clock forward. ``RuntimeError`` on the system clock, ``ValueError``
+        for a negative or non-finite number of seconds."""
+
+    def now(self) -> float:
+        """Seconds on the core's clock since the core was created (monotonic)."""
+
+    def stats(self) -> dict[str, int]:
+        """The nonzero ``hex_proxy/...`` counters, plus the gauges ``hex_proxy/sessions/live`` and
+        ``hex_proxy/sessions/cooling``."""
+
+    @property
+    def pool_size(self) -> int:
+        """Number of sessions."""
+
+    @property
+    def max_retries(self) -> int:
+        """Retries per request unless ``max_retry_times`` says otherwise."""
+
+    @property
+    def live_count(self) -> int:
+        """Sessions live now."""
+
+    @property
+    def cooling_count(self) -> int:
+        """Sessions cooling down now."""
+
+    @property
+    def auth_failed(self) -> bool:
+        """True once ``auth_failures_to_close`` consecutive 407s were recorded."""
+
+    @property
+    def user(self) -> str:
+        """The gateway user (``HEX_PROXY_USER``); the password is never exposed."""

@@ -1,0 +1,204 @@
+//! The Python face of the engine: argument conversion and error mapping, nothing else.
+
+use std::time::Duration;
+
+use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::retry::Cause;
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> Self {
+        let message = err.to_string();
+        match err {
+            Error::Config(_) | Error::InvalidAdvance(_) => PyValueError::new_err(message),
+            Error::ClockNotManual => PyRuntimeError::new_err(message),
+            Error::IndexOutOfRange { .. } => PyIndexError::new_err(message),
+        }
+    }
+}
+
+/// The session pool, retry policy and stats of one crawl. Thread-safe.
+#[pyclass(frozen, module = "scrapy_hexproxy._core")]
+pub struct Core {
+    engine: Engine,
+}
+
+#[pymethods]
+impl Core {
+    #[new]
+    #[pyo3(signature = (
+        *,
+        pool_size,
+        max_failures,
+        cooldown,
+        max_retries,
+        retry_codes,
+        failure_codes,
+        auth_failures_to_close,
+        user,
+        password,
+        manual_clock = false,
+        seed = None,
+    ))]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "keyword-only settings from Python"
+    )]
+    fn new(
+        pool_size: i64,
+        max_failures: i64,
+        cooldown: f64,
+        max_retries: i64,
+        retry_codes: Vec<i64>,
+        failure_codes: Vec<i64>,
+        auth_failures_to_close: i64,
+        user: String,
+        password: String,
+        manual_clock: bool,
+        seed: Option<u64>,
+    ) -> PyResult<Self> {
+        let settings = Settings {
+            pool_size,
+            max_failures,
+            cooldown,
+            max_retries,
+            retry_codes,
+            failure_codes,
+            auth_failures_to_close,
+            user,
+            password,
+        };
+        let config = settings.validate().map_err(Error::from)?;
+        let clock = if manual_clock {
+            Clock::manual()
+        } else {
+            Clock::system()
+        };
+        Ok(Self {
+            engine: Engine::new(config, clock, seed),
+        })
+    }
+
+    #[pyo3(signature = (exclude = None))]
+    fn pick(&self, exclude: Option<Vec<u32>>) -> Option<u32> {
+        self.engine.pick(exclude.as_deref().unwrap_or_default())
+    }
+
+    fn session_id(&self, index: i64) -> PyResult<String> {
+        Ok(self.engine.session_id(self.index(index)?)?)
+    }
+
+    fn proxy_authorization<'py>(
+        &self,
+        py: Python<'py>,
+        index: i64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let header = self.engine.proxy_authorization(self.index(index)?)?;
+        Ok(PyBytes::new(py, header.as_bytes()))
+    }
+
+    fn record_status(&self, index: i64, status: u16) -> PyResult<u32> {
+        Ok(self.engine.record_status(self.index(index)?, status)?)
+    }
+
+    fn record_success(&self, index: i64) -> PyResult<()> {
+        Ok(self.engine.record_success(self.index(index)?)?)
+    }
+
+    fn record_exception(&self, index: i64, reason: &str) -> PyResult<u32> {
+        Ok(self.engine.record_exception(self.index(index)?, reason)?)
+    }
+
+    // `status=None` stands for a transport exception.
+    #[pyo3(signature = (status, retry_times, max_retry_times = None))]
+    fn decide_retry(
+        &self,
+        status: Option<u16>,
+        retry_times: i64,
+        max_retry_times: Option<i64>,
+    ) -> u32 {
+        let cause = status.map_or(Cause::Exception, Cause::Status);
+        // Meta values are user data: a negative maximum means no retries, as in Scrapy.
+        let clamp = |n: i64| n.clamp(0, u32::MAX.into()) as u32;
+        self.engine
+            .decide_retry(cause, clamp(retry_times), max_retry_times.map(clamp)) as u32
+    }
+
+    fn next_live_in(&self) -> f64 {
+        self.engine.next_live_in().as_secs_f64()
+    }
+
+    fn advance(&self, seconds: f64) -> PyResult<()> {
+        let by =
+            Duration::try_from_secs_f64(seconds).map_err(|_| Error::InvalidAdvance(seconds))?;
+        Ok(self.engine.advance(by)?)
+    }
+
+    fn now(&self) -> f64 {
+        self.engine.now().as_secs_f64()
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (key, value) in self.engine.stats_snapshot() {
+            dict.set_item(key, value)?;
+        }
+        Ok(dict)
+    }
+
+    #[getter]
+    fn pool_size(&self) -> u32 {
+        self.engine.config().pool_size
+    }
+
+    #[getter]
+    fn max_retries(&self) -> u32 {
+        self.engine.config().max_retries
+    }
+
+    #[getter]
+    fn live_count(&self) -> u32 {
+        self.engine.counts().0
+    }
+
+    #[getter]
+    fn cooling_count(&self) -> u32 {
+        self.engine.counts().1
+    }
+
+    #[getter]
+    fn auth_failed(&self) -> bool {
+        self.engine.auth_failed()
+    }
+
+    #[getter]
+    fn user(&self) -> &str {
+        self.engine.config().credentials.user()
+    }
+
+    // Shows the user, never the password.
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let (live, cooling) = self.engine.counts();
+        Ok(format!(
+            "Core(pool_size={}, live={live}, cooling={cooling}, user={})",
+            self.pool_size(),
+            PyString::new(py, self.user()).repr()?,
+        ))
+    }
+}
+
+impl Core {
+    /// Python ints are unbounded; anything that is not a u32 is out of range too.
+    fn index(&self, index: i64) -> Result<u32, Error> {
+        u32::try_from(index).map_err(|_| Error::IndexOutOfRange {
+            index,
+            pool_size: self.pool_size(),
+        })
+    }
+}

@@ -1,0 +1,238 @@
+//! Settings as the user wrote them, and the validated `Config` the engine runs on.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::session::Credentials;
+
+const MAX_POOL_SIZE: i64 = 10_000_000;
+const MAX_RETRIES: i64 = 1000;
+const FIRST_STATUS: u16 = 100;
+const LAST_STATUS: u16 = 599;
+
+/// The raw values, wide enough to hold whatever the user typed (negative numbers included) so
+/// that `validate` can name the setting that is wrong.
+#[derive(Clone)]
+pub struct Settings {
+    pub pool_size: i64,
+    pub max_failures: i64,
+    pub cooldown: f64,
+    pub max_retries: i64,
+    pub retry_codes: Vec<i64>,
+    pub failure_codes: Vec<i64>,
+    pub auth_failures_to_close: i64,
+    pub user: String,
+    pub password: String,
+}
+
+/// A validated configuration; only `Settings::validate` makes one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub pool_size: u32,
+    pub max_failures: u32,
+    pub cooldown: Duration,
+    pub max_retries: u32,
+    pub retry_codes: StatusSet,
+    pub failure_codes: StatusSet,
+    pub auth_failures_to_close: u32,
+    pub credentials: Credentials,
+}
+
+impl Settings {
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        if self.user.is_empty() {
+            return Err(ConfigError::UserEmpty);
+        }
+        if self.user.contains(':') {
+            return Err(ConfigError::UserHasColon);
+        }
+        if self.password.is_empty() {
+            return Err(ConfigError::PasswordEmpty);
+        }
+        let unbounded = i64::from(u32::MAX);
+        Ok(Config {
+            pool_size: in_range(
+                "HEX_PROXY_SESSION_POOL_SIZE",
+                self.pool_size,
+                1,
+                MAX_POOL_SIZE,
+            )?,
+            max_failures: in_range("HEX_PROXY_MAX_FAILURES", self.max_failures, 1, unbounded)?,
+            cooldown: Duration::try_from_secs_f64(self.cooldown)
+                .map_err(|_| ConfigError::Cooldown(self.cooldown))?,
+            max_retries: in_range("HEX_PROXY_MAX_RETRIES", self.max_retries, 0, MAX_RETRIES)?,
+            retry_codes: StatusSet::from_codes("HEX_PROXY_RETRY_CODES", &self.retry_codes)?,
+            failure_codes: StatusSet::from_codes("HEX_PROXY_FAILURE_CODES", &self.failure_codes)?,
+            auth_failures_to_close: in_range(
+                "HEX_PROXY_AUTH_FAILURES_TO_CLOSE",
+                self.auth_failures_to_close,
+                1,
+                unbounded,
+            )?,
+            credentials: Credentials::new(self.user.clone(), self.password.clone()),
+        })
+    }
+}
+
+fn in_range(setting: &'static str, got: i64, min: i64, max: i64) -> Result<u32, ConfigError> {
+    if (min..=max).contains(&got) {
+        // min >= 0 and max <= u32::MAX for every caller.
+        Ok(got as u32)
+    } else {
+        Err(ConfigError::OutOfRange {
+            setting,
+            min,
+            max,
+            got,
+        })
+    }
+}
+
+/// A set of HTTP statuses 100..=599 as a 512-bit bitset: membership is one shift and mask.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusSet([u64; 8]);
+
+impl StatusSet {
+    pub fn from_codes(setting: &'static str, codes: &[i64]) -> Result<Self, ConfigError> {
+        let mut set = Self::default();
+        for &code in codes {
+            let status = u16::try_from(code)
+                .ok()
+                .filter(|s| (FIRST_STATUS..=LAST_STATUS).contains(s))
+                .ok_or(ConfigError::StatusCode { setting, got: code })?;
+            let bit = usize::from(status - FIRST_STATUS);
+            set.0[bit / 64] |= 1 << (bit % 64);
+        }
+        Ok(set)
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        if !(FIRST_STATUS..=LAST_STATUS).contains(&status) {
+            return false;
+        }
+        let bit = usize::from(status - FIRST_STATUS);
+        self.0[bit / 64] & (1 << (bit % 64)) != 0
+    }
+}
+
+/// The documented defaults with example credentials, for tests across the crate.
+#[cfg(test)]
+pub(crate) fn example_settings() -> Settings {
+    Settings {
+        pool_size: 20,
+        max_failures: 5,
+        cooldown: 300.0,
+        max_retries: 4,
+        retry_codes: vec![403, 407, 408, 429, 500, 502, 503, 504],
+        failure_codes: [403, 407, 429].into_iter().chain(500..=599).collect(),
+        auth_failures_to_close: 3,
+        user: "USER".into(),
+        password: "s3cret-PASS".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(change: impl FnOnce(&mut Settings)) -> String {
+        let mut settings = example_settings();
+        change(&mut settings);
+        let message = settings.validate().unwrap_err().to_string();
+        assert!(!message.contains("s3cret"), "{message}");
+        message
+    }
+
+    #[test]
+    fn documented_defaults_are_valid() {
+        let config = example_settings().validate().unwrap();
+        assert_eq!(config.pool_size, 20);
+        assert_eq!(config.cooldown, Duration::from_secs(300));
+        assert!(config.failure_codes.contains(429));
+        assert!(config.failure_codes.contains(599));
+        assert!(!config.failure_codes.contains(404));
+        assert!(config.retry_codes.contains(408));
+        assert!(!config.retry_codes.contains(501));
+    }
+
+    #[test]
+    fn pool_size_range_is_named() {
+        assert_eq!(
+            error_of(|s| s.pool_size = 0),
+            "HEX_PROXY_SESSION_POOL_SIZE must be between 1 and 10000000, got 0"
+        );
+        assert!(error_of(|s| s.pool_size = 10_000_001).starts_with("HEX_PROXY_SESSION_POOL_SIZE"));
+        let mut settings = example_settings();
+        settings.pool_size = 10_000_000;
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn counts_must_be_positive() {
+        assert!(error_of(|s| s.max_failures = 0).starts_with("HEX_PROXY_MAX_FAILURES must be"));
+        assert!(error_of(|s| s.max_failures = -3).ends_with("got -3"));
+        assert!(error_of(|s| s.auth_failures_to_close = 0)
+            .starts_with("HEX_PROXY_AUTH_FAILURES_TO_CLOSE must be"));
+        assert!(error_of(|s| s.max_retries = -1).starts_with("HEX_PROXY_MAX_RETRIES must be"));
+        assert!(error_of(|s| s.max_retries = 1001).contains("between 0 and 1000"));
+        let mut settings = example_settings();
+        settings.max_retries = 0;
+        assert_eq!(settings.validate().unwrap().max_retries, 0);
+    }
+
+    #[test]
+    fn cooldown_must_be_finite_and_not_negative() {
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 1e300] {
+            assert!(error_of(|s| s.cooldown = bad).starts_with("HEX_PROXY_BLACKLIST_COOLDOWN"));
+        }
+        let mut settings = example_settings();
+        settings.cooldown = 0.25;
+        assert_eq!(
+            settings.validate().unwrap().cooldown,
+            Duration::from_millis(250)
+        );
+        settings.cooldown = 0.0;
+        assert_eq!(settings.validate().unwrap().cooldown, Duration::ZERO);
+    }
+
+    #[test]
+    fn status_codes_must_be_http_statuses() {
+        assert_eq!(
+            error_of(|s| s.retry_codes.push(99)),
+            "HEX_PROXY_RETRY_CODES must only hold HTTP status codes between 100 and 599, got 99"
+        );
+        assert!(error_of(|s| s.failure_codes.push(600)).starts_with("HEX_PROXY_FAILURE_CODES"));
+        assert!(error_of(|s| s.failure_codes.push(-429)).ends_with("got -429"));
+        let mut settings = example_settings();
+        settings.retry_codes.clear();
+        assert_eq!(
+            settings.validate().unwrap().retry_codes,
+            StatusSet::default()
+        );
+    }
+
+    #[test]
+    fn status_set_edges() {
+        let set = StatusSet::from_codes("X", &[100, 163, 164, 599]).unwrap();
+        for status in [100, 163, 164, 599] {
+            assert!(set.contains(status));
+        }
+        for status in [0, 99, 101, 162, 165, 598, 600, u16::MAX] {
+            assert!(!set.contains(status));
+        }
+    }
+
+    #[test]
+    fn credentials_are_checked_without_echoing_them() {
+        assert_eq!(
+            error_of(|s| s.user.clear()),
+            "HEX_PROXY_USER must not be empty"
+        );
+        let message = error_of(|s| s.user = "USER:s3cret-PASS".into());
+        assert!(message.starts_with("HEX_PROXY_USER must not contain ':'"));
+        assert_eq!(
+            error_of(|s| s.password.clear()),
+            "HEX_PROXY_PASS must not be empty"
+        );
+    }
+}

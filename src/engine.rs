@@ -1,0 +1,439 @@
+//! The engine: one pool, its clock, the retry policy, the credentials and the stats, shared by
+//! every thread that downloads.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::Error;
+use crate::pool::Pool;
+use crate::retry::{Cause, Decision, RetryPolicy};
+use crate::session::session_id;
+use crate::stats::Stats;
+
+/// Flag of `record_*`: this failure blacklisted the session.
+pub const BLACKLISTED: u32 = 1;
+/// Flag of `record_status`: this 407 reached `auth_failures_to_close` in a row (set once).
+pub const AUTH_FAILED: u32 = 2;
+
+#[derive(Debug)]
+pub struct Engine {
+    config: Config,
+    clock: Clock,
+    /// The rng sits with the pool so that a pick takes one lock. The clock is read while
+    /// holding it, so blacklist times reach the pool in order (its cooling queue relies on it).
+    state: Mutex<State>,
+    retry: RetryPolicy,
+    stats: Stats,
+    consecutive_407s: AtomicU32,
+    auth_failed: AtomicBool,
+}
+
+#[derive(Debug)]
+struct State {
+    pool: Pool,
+    rng: SmallRng,
+}
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Engine>();
+};
+
+impl Engine {
+    /// `seed` makes the picks reproducible; without it the rng is seeded by the OS.
+    pub fn new(config: Config, clock: Clock, seed: Option<u64>) -> Self {
+        let pool = Pool::new(config.pool_size, config.max_failures, config.cooldown);
+        let rng = seed.map_or_else(SmallRng::from_os_rng, SmallRng::seed_from_u64);
+        Self {
+            retry: RetryPolicy::new(config.retry_codes, config.max_retries),
+            config,
+            clock,
+            state: Mutex::new(State { pool, rng }),
+            stats: Stats::default(),
+            consecutive_407s: AtomicU32::new(0),
+            auth_failed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A session for the next attempt, avoiding `exclude` (the sessions that already failed
+    /// this request) where possible; `None` while every session is cooling.
+    pub fn pick(&self, exclude: &[u32]) -> Option<u32> {
+        let mut state = self.state.lock();
+        let State { pool, rng } = &mut *state;
+        pool.pick(self.clock.now_ns(), exclude, rng)
+    }
+
+    /// Counts a response: a status in the failure codes is a failure, anything else a success.
+    pub fn record_status(&self, index: u32, status: u16) -> Result<u32, Error> {
+        self.check(index)?;
+        let failed = self.config.failure_codes.contains(status);
+        let mut flags = if failed {
+            self.stats.status_failure(status);
+            self.failure(index)
+        } else {
+            self.state.lock().pool.success(index);
+            0
+        };
+        if status == 407 {
+            flags |= self.auth_failure();
+        } else if !failed {
+            self.consecutive_407s.store(0, Ordering::Release);
+        }
+        Ok(flags)
+    }
+
+    /// Counts an attempt that worked but whose status was not seen (a redirect handled above).
+    pub fn record_success(&self, index: u32) -> Result<(), Error> {
+        self.check(index)?;
+        self.state.lock().pool.success(index);
+        self.consecutive_407s.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Counts a transport exception (`reason` is its class name) as a failure.
+    pub fn record_exception(&self, index: u32, reason: &str) -> Result<u32, Error> {
+        self.check(index)?;
+        self.stats.exception_failure(reason);
+        Ok(self.failure(index))
+    }
+
+    fn failure(&self, index: u32) -> u32 {
+        let mut state = self.state.lock();
+        let blacklisted = state.pool.failure(index, self.clock.now_ns());
+        drop(state);
+        if blacklisted {
+            self.stats.blacklisted();
+            BLACKLISTED
+        } else {
+            0
+        }
+    }
+
+    /// A 407 is about the credentials, not the session, whether or not it counts as a session
+    /// failure; only a success proves the credentials right.
+    fn auth_failure(&self) -> u32 {
+        let in_a_row = self.consecutive_407s.fetch_add(1, Ordering::AcqRel) + 1;
+        if in_a_row >= self.config.auth_failures_to_close
+            && !self.auth_failed.swap(true, Ordering::AcqRel)
+        {
+            AUTH_FAILED
+        } else {
+            0
+        }
+    }
+
+    pub fn decide_retry(
+        &self,
+        cause: Cause,
+        retry_times_done: u32,
+        max_retry_times: Option<u32>,
+    ) -> Decision {
+        let decision =
+            self.retry
+                .decide(cause, retry_times_done, max_retry_times, self.auth_failed());
+        match decision {
+            Decision::Pass => {}
+            Decision::Retry => self.stats.retry(),
+            Decision::GiveUp => self.stats.retry_max_exceeded(),
+        }
+        decision
+    }
+
+    /// How long until a session is live: zero if one is live now.
+    pub fn next_live_in(&self) -> Duration {
+        let mut state = self.state.lock();
+        state.pool.next_live_in(self.clock.now_ns())
+    }
+
+    /// `(live, cooling)`, taken together so that they add up to the pool size.
+    pub fn counts(&self) -> (u32, u32) {
+        let mut state = self.state.lock();
+        let now = self.clock.now_ns();
+        (state.pool.live_count(now), state.pool.cooling_count(now))
+    }
+
+    pub fn stats_snapshot(&self) -> Vec<(String, u64)> {
+        let (live, cooling) = self.counts();
+        self.stats.snapshot(live, cooling)
+    }
+
+    pub fn auth_failed(&self) -> bool {
+        self.auth_failed.load(Ordering::Acquire)
+    }
+
+    pub fn session_id(&self, index: u32) -> Result<String, Error> {
+        self.check(index)?;
+        Ok(session_id(index))
+    }
+
+    pub fn proxy_authorization(&self, index: u32) -> Result<String, Error> {
+        self.check(index)?;
+        Ok(self.config.credentials.proxy_authorization(index))
+    }
+
+    /// Moves a manual clock forward; an error on the system clock.
+    pub fn advance(&self, by: Duration) -> Result<(), Error> {
+        self.clock.advance(by)
+    }
+
+    /// Time since the engine's clock started.
+    pub fn now(&self) -> Duration {
+        Duration::from_nanos(self.clock.now_ns())
+    }
+
+    fn check(&self, index: u32) -> Result<(), Error> {
+        if index < self.config.pool_size {
+            Ok(())
+        } else {
+            Err(Error::IndexOutOfRange {
+                index: index.into(),
+                pool_size: self.config.pool_size,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::thread;
+
+    use super::*;
+    use crate::config::{example_settings, Settings};
+
+    fn engine_with(change: impl FnOnce(&mut Settings)) -> Engine {
+        let mut settings = example_settings();
+        change(&mut settings);
+        Engine::new(settings.validate().unwrap(), Clock::manual(), Some(1))
+    }
+
+    fn engine() -> Engine {
+        engine_with(|_| {})
+    }
+
+    fn stat(engine: &Engine, key: &str) -> u64 {
+        let snapshot = engine.stats_snapshot();
+        snapshot
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(0, |&(_, v)| v)
+    }
+
+    #[test]
+    fn failure_statuses_blacklist_after_max_failures_and_are_counted() {
+        let engine = engine();
+        for _ in 0..4 {
+            assert_eq!(engine.record_status(3, 429), Ok(0));
+        }
+        assert_eq!(engine.record_status(3, 503), Ok(BLACKLISTED));
+        assert_eq!(stat(&engine, "hex_proxy/failure/429"), 4);
+        assert_eq!(stat(&engine, "hex_proxy/failure/503"), 1);
+        assert_eq!(stat(&engine, "hex_proxy/blacklisted"), 1);
+        assert_eq!(engine.counts(), (19, 1));
+        assert_eq!(stat(&engine, "hex_proxy/sessions/cooling"), 1);
+    }
+
+    #[test]
+    fn other_statuses_are_successes_that_reset_the_count() {
+        let engine = engine();
+        for status in [403, 403, 403, 403, 404, 403, 403, 403, 403, 200] {
+            assert_eq!(engine.record_status(0, status), Ok(0));
+        }
+        assert_eq!(stat(&engine, "hex_proxy/failure/404"), 0);
+    }
+
+    #[test]
+    fn a_success_without_status_resets_the_count() {
+        let engine = engine_with(|s| s.max_failures = 2);
+        assert_eq!(engine.record_status(5, 503), Ok(0));
+        assert_eq!(engine.record_success(5), Ok(()));
+        assert_eq!(engine.record_status(5, 503), Ok(0));
+        assert_eq!(engine.record_status(5, 503), Ok(BLACKLISTED));
+    }
+
+    #[test]
+    fn a_407_outside_the_failure_codes_still_counts_against_the_credentials() {
+        let engine = engine_with(|s| {
+            s.failure_codes = vec![503];
+            s.auth_failures_to_close = 2;
+        });
+        assert_eq!(engine.record_status(0, 407), Ok(0));
+        assert_eq!(engine.record_status(0, 407), Ok(AUTH_FAILED));
+        assert_eq!(engine.counts(), (20, 0));
+        assert_eq!(stat(&engine, "hex_proxy/failure/407"), 0);
+    }
+
+    #[test]
+    fn exceptions_are_failures_named_by_class() {
+        let engine = engine_with(|s| s.max_failures = 2);
+        assert_eq!(engine.record_exception(1, "TunnelError"), Ok(0));
+        assert_eq!(engine.record_exception(1, "TimeoutError"), Ok(BLACKLISTED));
+        assert_eq!(stat(&engine, "hex_proxy/failure/TunnelError"), 1);
+        assert_eq!(stat(&engine, "hex_proxy/failure/TimeoutError"), 1);
+    }
+
+    #[test]
+    fn failures_on_a_cooling_session_are_counted_but_do_not_blacklist_it_again() {
+        let engine = engine_with(|s| s.max_failures = 1);
+        assert_eq!(engine.record_status(2, 429), Ok(BLACKLISTED));
+        assert_eq!(engine.record_status(2, 429), Ok(0));
+        assert_eq!(engine.record_exception(2, "TunnelError"), Ok(0));
+        assert_eq!(stat(&engine, "hex_proxy/failure/429"), 2);
+        assert_eq!(stat(&engine, "hex_proxy/blacklisted"), 1);
+    }
+
+    #[test]
+    fn exhausted_pool_waits_for_the_first_session_back() {
+        let engine = engine_with(|s| {
+            s.pool_size = 2;
+            s.max_failures = 1;
+            s.cooldown = 10.0;
+        });
+        engine.record_status(0, 503).unwrap();
+        engine.advance(Duration::from_secs(4)).unwrap();
+        engine.record_status(1, 503).unwrap();
+        assert_eq!(engine.pick(&[]), None);
+        assert_eq!(engine.next_live_in(), Duration::from_secs(6));
+        engine.advance(Duration::from_secs(6)).unwrap();
+        assert_eq!(engine.now(), Duration::from_secs(10));
+        assert_eq!(engine.next_live_in(), Duration::ZERO);
+        assert_eq!(engine.pick(&[0]), Some(0));
+    }
+
+    #[test]
+    fn consecutive_407s_fail_auth_once() {
+        let engine = engine_with(|s| s.max_failures = 100);
+        assert_eq!(engine.record_status(0, 407), Ok(0));
+        assert_eq!(engine.record_status(1, 200), Ok(0));
+        assert_eq!(engine.record_status(0, 407), Ok(0));
+        assert_eq!(engine.record_success(3), Ok(()));
+        assert_eq!(engine.record_status(0, 407), Ok(0));
+        // Other failures neither reset nor count.
+        assert_eq!(engine.record_status(2, 503), Ok(0));
+        assert_eq!(engine.record_exception(2, "TunnelError"), Ok(0));
+        assert_eq!(engine.record_status(0, 407), Ok(0));
+        assert!(!engine.auth_failed());
+        assert_eq!(engine.record_status(1, 407), Ok(AUTH_FAILED));
+        assert!(engine.auth_failed());
+        assert_eq!(engine.record_status(1, 407), Ok(0));
+    }
+
+    #[test]
+    fn both_flags_can_come_together() {
+        let engine = engine_with(|s| {
+            s.max_failures = 1;
+            s.auth_failures_to_close = 1;
+        });
+        assert_eq!(engine.record_status(0, 407), Ok(BLACKLISTED | AUTH_FAILED));
+    }
+
+    #[test]
+    fn retry_decisions_are_counted_and_407_stops_after_auth_failed() {
+        let engine = engine_with(|s| s.auth_failures_to_close = 1);
+        assert_eq!(
+            engine.decide_retry(Cause::Status(200), 0, None),
+            Decision::Pass
+        );
+        assert_eq!(
+            engine.decide_retry(Cause::Exception, 0, None),
+            Decision::Retry
+        );
+        assert_eq!(
+            engine.decide_retry(Cause::Status(503), 4, None),
+            Decision::GiveUp
+        );
+        assert_eq!(
+            engine.decide_retry(Cause::Status(407), 0, None),
+            Decision::Retry
+        );
+        engine.record_status(0, 407).unwrap();
+        assert_eq!(
+            engine.decide_retry(Cause::Status(407), 0, None),
+            Decision::Pass
+        );
+        assert_eq!(stat(&engine, "hex_proxy/retry"), 2);
+        assert_eq!(stat(&engine, "hex_proxy/retry/max_exceeded"), 1);
+    }
+
+    #[test]
+    fn sessions_have_ids_and_headers_and_bad_indices_are_errors() {
+        let engine = engine();
+        assert_eq!(engine.session_id(7).unwrap(), "s007");
+        let header = engine.proxy_authorization(7).unwrap();
+        assert!(header.starts_with("Basic "));
+        let out_of_range = Err(Error::IndexOutOfRange {
+            index: 20,
+            pool_size: 20,
+        });
+        assert_eq!(engine.session_id(20), out_of_range);
+        assert_eq!(engine.proxy_authorization(20), out_of_range);
+        assert_eq!(
+            engine.record_status(20, 200),
+            out_of_range.clone().map(|_| 0)
+        );
+        assert_eq!(
+            engine.record_exception(20, "X"),
+            out_of_range.clone().map(|_| 0)
+        );
+        assert_eq!(engine.record_success(20), out_of_range.map(|_| ()));
+    }
+
+    #[test]
+    fn the_system_clock_cannot_be_advanced() {
+        let engine = Engine::new(
+            example_settings().validate().unwrap(),
+            Clock::system(),
+            None,
+        );
+        assert_eq!(
+            engine.advance(Duration::from_secs(1)),
+            Err(Error::ClockNotManual)
+        );
+    }
+
+    #[test]
+    fn threads_share_one_engine_and_the_counts_add_up() {
+        const THREADS: u64 = 8;
+        const ROUNDS: u64 = 5_000;
+        let engine = engine_with(|s| {
+            s.max_failures = 2;
+            s.cooldown = 1.0;
+        });
+        let blacklisted = AtomicU64::new(0);
+        let failures = AtomicU64::new(0);
+        thread::scope(|scope| {
+            for thread in 0..THREADS {
+                let (engine, blacklisted, failures) = (&engine, &blacklisted, &failures);
+                scope.spawn(move || {
+                    for round in 0..ROUNDS {
+                        let Some(index) = engine.pick(&[]) else {
+                            engine.advance(Duration::from_millis(100)).unwrap();
+                            continue;
+                        };
+                        let status = if (round + thread) % 3 == 0 { 503 } else { 200 };
+                        let flags = engine.record_status(index, status).unwrap();
+                        failures.fetch_add(u64::from(status == 503), Ordering::Relaxed);
+                        blacklisted.fetch_add(u64::from(flags & BLACKLISTED), Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let failures = failures.into_inner();
+        let blacklisted = blacklisted.into_inner();
+        assert!(failures > 0 && blacklisted > 0);
+        assert_eq!(stat(&engine, "hex_proxy/failure/503"), failures);
+        assert_eq!(stat(&engine, "hex_proxy/blacklisted"), blacklisted);
+        let (live, cooling) = engine.counts();
+        assert_eq!(live + cooling, 20);
+    }
+}

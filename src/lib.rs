@@ -1,0 +1,40 @@
+//! Rust core of scrapy-hexproxy: the sticky-session pool, failure tracking, blacklist timing,
+//! retry policy and stats. Plain Rust; the Python binding is the `python` feature.
+
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod pool;
+pub mod retry;
+pub mod session;
+pub mod stats;
+
+#[cfg(feature = "python")]
+mod binding;
+
+/// Native core of scrapy_hexproxy: the session pool, retry policy and stats.
+#[cfg(feature = "python")]
+#[pyo3::pymodule]
+mod _core {
+    use pyo3::prelude::*;
+
+    #[pymodule_export]
+    use crate::binding::Core;
+
+    #[pymodule_export]
+    const BLACKLISTED: u32 = crate::engine::BLACKLISTED;
+    #[pymodule_export]
+    const AUTH_FAILED: u32 = crate::engine::AUTH_FAILED;
+    #[pymodule_export]
+    const PASS: u32 = crate::retry::Decision::Pass as u32;
+    #[pymodule_export]
+    const RETRY: u32 = crate::retry::Decision::Retry as u32;
+    #[pymodule_export]
+    const GIVE_UP: u32 = crate::retry::Decision::GiveUp as u32;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
+}

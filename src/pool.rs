@@ -1,0 +1,372 @@
+//! The session pool: which sessions are live, which are cooling down, and how many consecutive
+//! failures each has. Every operation is O(1) expected (amortised for expiries) at any pool size
+//! and however many sessions are cooling; none allocates on the pick path.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::clock::saturating_ns;
+
+/// `pos` value of a session that is cooling down.
+const COOLING: u32 = u32::MAX;
+/// Rejection-sampling tries before the bounded walk. Picks reach this loop only when at least
+/// 3 in 4 live sessions are allowed, so all tries fail with probability below 1e-9.
+const TRIES: usize = 16;
+/// Up to this many live sessions per excluded one, the allowed ones are counted exactly instead.
+const EXACT_RATIO: usize = 4;
+
+#[derive(Debug)]
+pub struct Pool {
+    /// Indices of the live sessions, in no particular order.
+    live: Vec<u32>,
+    /// Position of each session in `live`, or `COOLING`.
+    pos: Vec<u32>,
+    /// Consecutive failures of each session; 0 while cooling.
+    fails: Vec<u32>,
+    /// `(until_ns, index)` of the cooling sessions. The cooldown is the same for all and time
+    /// only moves forward, so this is sorted by `until_ns` and expiries pop from the front.
+    cooling: VecDeque<(u64, u32)>,
+    max_failures: u32,
+    cooldown_ns: u64,
+}
+
+impl Pool {
+    /// `size` must be below `u32::MAX`, which marks cooling sessions (the config caps it at 10M).
+    pub fn new(size: u32, max_failures: u32, cooldown: Duration) -> Self {
+        let live: Vec<u32> = (0..size).collect();
+        Self {
+            pos: live.clone(),
+            live,
+            fails: vec![0; size as usize],
+            cooling: VecDeque::new(),
+            max_failures,
+            cooldown_ns: saturating_ns(cooldown),
+        }
+    }
+
+    /// A live session chosen uniformly at random, avoiding `exclude` where any other session is
+    /// live (uniformly among all live ones if none is); `None` iff every session is cooling.
+    pub fn pick(&mut self, now: u64, exclude: &[u32], rng: &mut impl Rng) -> Option<u32> {
+        self.expire(now);
+        let live = self.live.len();
+        if live == 0 {
+            return None;
+        }
+        if live <= EXACT_RATIO * exclude.len() {
+            return Some(self.pick_exact(exclude, rng));
+        }
+        for _ in 0..TRIES {
+            let index = self.live[rng.random_range(0..live)];
+            if !exclude.contains(&index) {
+                return Some(index);
+            }
+        }
+        Some(self.walk_from(rng.random_range(0..live), exclude))
+    }
+
+    /// O(live * exclude), which is O(exclude²) here since live <= EXACT_RATIO * exclude.
+    fn pick_exact(&self, exclude: &[u32], rng: &mut impl Rng) -> u32 {
+        let allowed = |index: &&u32| !exclude.contains(index);
+        let count = self.live.iter().filter(allowed).count();
+        if count == 0 {
+            return self.live[rng.random_range(0..self.live.len())];
+        }
+        let nth = rng.random_range(0..count);
+        *self
+            .live
+            .iter()
+            .filter(allowed)
+            .nth(nth)
+            .expect("nth < count")
+    }
+
+    /// The first allowed session from `start` on. Needs `live.len() > exclude.len()`: then at
+    /// most `exclude.len()` sessions in a row are excluded, which bounds the walk.
+    fn walk_from(&self, start: usize, exclude: &[u32]) -> u32 {
+        let live = self.live.len();
+        (0..=exclude.len())
+            .map(|step| self.live[(start + step) % live])
+            .find(|index| !exclude.contains(index))
+            .expect("more live sessions than excluded ones")
+    }
+
+    /// A success resets the consecutive failures (a cooling session has none to reset).
+    pub fn success(&mut self, index: u32) {
+        self.fails[index as usize] = 0;
+    }
+
+    /// Counts a failure; returns true when it blacklists the session. A failure on a cooling
+    /// session (an attempt that was in flight when it was blacklisted) is ignored.
+    pub fn failure(&mut self, index: u32, now: u64) -> bool {
+        self.expire(now);
+        let i = index as usize;
+        if self.pos[i] == COOLING {
+            return false;
+        }
+        self.fails[i] = self.fails[i].saturating_add(1);
+        if self.fails[i] < self.max_failures {
+            return false;
+        }
+        self.fails[i] = 0;
+        let at = self.pos[i] as usize;
+        self.live.swap_remove(at);
+        if let Some(&moved) = self.live.get(at) {
+            self.pos[moved as usize] = at as u32;
+        }
+        self.pos[i] = COOLING;
+        let until = now.saturating_add(self.cooldown_ns);
+        debug_assert!(self.cooling.back().is_none_or(|&(last, _)| last <= until));
+        self.cooling.push_back((until, index));
+        true
+    }
+
+    /// How long until a session is live: zero if one is live now.
+    pub fn next_live_in(&mut self, now: u64) -> Duration {
+        self.expire(now);
+        match self.cooling.front() {
+            Some(&(until, _)) if self.live.is_empty() => Duration::from_nanos(until - now),
+            _ => Duration::ZERO,
+        }
+    }
+
+    pub fn live_count(&mut self, now: u64) -> u32 {
+        self.expire(now);
+        self.live.len() as u32
+    }
+
+    pub fn cooling_count(&mut self, now: u64) -> u32 {
+        self.expire(now);
+        self.cooling.len() as u32
+    }
+
+    pub fn is_cooling(&mut self, index: u32, now: u64) -> bool {
+        self.expire(now);
+        self.pos[index as usize] == COOLING
+    }
+
+    /// Brings back every session whose cooldown ended at or before `now`.
+    fn expire(&mut self, now: u64) {
+        while let Some(&(until, index)) = self.cooling.front() {
+            if until > now {
+                break;
+            }
+            self.cooling.pop_front();
+            self.pos[index as usize] = self.live.len() as u32;
+            // Never reallocates: `live` was built with room for the whole pool.
+            self.live.push(index);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn pool(size: u32, max_failures: u32, cooldown_secs: u64) -> Pool {
+        Pool::new(size, max_failures, Duration::from_secs(cooldown_secs))
+    }
+
+    fn rng() -> SmallRng {
+        SmallRng::seed_from_u64(7)
+    }
+
+    fn blacklist(pool: &mut Pool, index: u32, now: u64) {
+        while !pool.failure(index, now) {}
+    }
+
+    fn assert_consistent(pool: &Pool) {
+        for (at, &index) in pool.live.iter().enumerate() {
+            assert_eq!(pool.pos[index as usize] as usize, at);
+        }
+        for &(_, index) in &pool.cooling {
+            assert_eq!(pool.pos[index as usize], COOLING);
+            assert_eq!(pool.fails[index as usize], 0);
+        }
+        assert_eq!(pool.live.len() + pool.cooling.len(), pool.pos.len());
+        assert!(pool
+            .cooling
+            .iter()
+            .zip(pool.cooling.iter().skip(1))
+            .all(|(a, b)| a.0 <= b.0));
+    }
+
+    /// How often each session is picked in `picks` picks.
+    fn histogram(pool: &mut Pool, exclude: &[u32], picks: usize) -> Vec<usize> {
+        let mut rng = rng();
+        let mut counts = vec![0; pool.pos.len()];
+        for _ in 0..picks {
+            counts[pool.pick(0, exclude, &mut rng).unwrap() as usize] += 1;
+        }
+        counts
+    }
+
+    fn assert_about(count: usize, expected: usize) {
+        let tolerance = expected / 10;
+        assert!(
+            count.abs_diff(expected) <= tolerance,
+            "{count} is not about {expected}"
+        );
+    }
+
+    #[test]
+    fn blacklists_after_max_failures_in_a_row() {
+        let mut pool = pool(3, 3, 10);
+        assert!(!pool.failure(1, 0));
+        assert!(!pool.failure(1, 0));
+        assert!(!pool.is_cooling(1, 0));
+        assert!(pool.failure(1, 0));
+        assert!(pool.is_cooling(1, 0));
+        assert_eq!((pool.live_count(0), pool.cooling_count(0)), (2, 1));
+        assert_consistent(&pool);
+    }
+
+    #[test]
+    fn success_resets_consecutive_failures() {
+        let mut pool = pool(3, 3, 10);
+        pool.failure(0, 0);
+        pool.failure(0, 0);
+        pool.success(0);
+        assert!(!pool.failure(0, 0));
+        assert!(!pool.failure(0, 0));
+        assert!(pool.failure(0, 0));
+    }
+
+    #[test]
+    fn cooldown_ends_exactly_at_the_boundary() {
+        let mut pool = pool(2, 1, 10);
+        assert!(pool.failure(0, 5 * SEC));
+        assert!(pool.is_cooling(0, 15 * SEC - 1));
+        assert!(!pool.is_cooling(0, 15 * SEC));
+        assert_consistent(&pool);
+    }
+
+    #[test]
+    fn in_flight_failures_on_a_cooling_session_do_not_blacklist_it_again() {
+        let mut pool = pool(2, 2, 10);
+        blacklist(&mut pool, 0, 0);
+        for _ in 0..10 {
+            assert!(!pool.failure(0, SEC));
+        }
+        assert_eq!(pool.cooling_count(SEC), 1);
+        // Back from cooldown with a clean slate: it takes max_failures new failures again.
+        assert!(!pool.failure(0, 10 * SEC));
+        assert!(pool.failure(0, 10 * SEC));
+        assert_eq!(pool.next_live_in(10 * SEC), Duration::ZERO);
+        assert_consistent(&pool);
+    }
+
+    #[test]
+    fn pick_is_none_when_all_cool_and_next_live_in_counts_down_to_the_first_return() {
+        let mut pool = pool(3, 1, 100);
+        let mut rng = rng();
+        pool.failure(2, 0);
+        pool.failure(0, 10 * SEC);
+        pool.failure(1, 20 * SEC);
+        assert_eq!(pool.pick(30 * SEC, &[], &mut rng), None);
+        assert_eq!(pool.next_live_in(30 * SEC), Duration::from_secs(70));
+        assert_eq!(pool.pick(100 * SEC, &[], &mut rng), Some(2));
+        assert_eq!(pool.next_live_in(100 * SEC), Duration::ZERO);
+        assert_eq!(pool.live_count(110 * SEC), 2);
+        assert_eq!(pool.live_count(120 * SEC), 3);
+        assert_consistent(&pool);
+    }
+
+    #[test]
+    fn picks_are_uniform_among_live_sessions() {
+        let mut pool = pool(10, 1, 100);
+        pool.failure(4, 0);
+        let counts = histogram(&mut pool, &[], 90_000);
+        assert_eq!(counts[4], 0);
+        for (index, &count) in counts.iter().enumerate().filter(|&(i, _)| i != 4) {
+            assert_about(count, 10_000);
+            assert!(index < 10);
+        }
+    }
+
+    #[test]
+    fn exclusion_is_avoided_and_the_rest_stays_uniform() {
+        // Few live sessions per excluded one: the exact count.
+        let mut small = pool(10, 1, 100);
+        let counts = histogram(&mut small, &[1, 3, 5, 7, 9], 50_000);
+        for (index, &count) in counts.iter().enumerate() {
+            if index % 2 == 1 {
+                assert_eq!(count, 0);
+            } else {
+                assert_about(count, 10_000);
+            }
+        }
+        // Many: rejection sampling.
+        let mut large = pool(100, 1, 100);
+        let counts = histogram(&mut large, &[0, 50, 99], 97_000);
+        assert_eq!(counts[0] + counts[50] + counts[99], 0);
+        assert!(counts
+            .iter()
+            .filter(|&&c| c > 0)
+            .all(|&c| c.abs_diff(1000) <= 150));
+    }
+
+    #[test]
+    fn exclusion_is_ignored_when_every_live_session_is_excluded() {
+        let mut all = pool(3, 1, 100);
+        for count in histogram(&mut all, &[0, 1, 2], 30_000) {
+            assert_about(count, 10_000);
+        }
+        let mut one_live = pool(3, 1, 100);
+        one_live.failure(0, 0);
+        one_live.failure(1, 0);
+        assert_eq!(one_live.pick(0, &[2], &mut rng()), Some(2));
+        assert_eq!(one_live.pick(0, &[0, 1], &mut rng()), Some(2));
+    }
+
+    #[test]
+    fn walk_finds_an_allowed_session_within_exclude_len_plus_one_steps() {
+        let pool = pool(5, 1, 100);
+        assert_eq!(pool.walk_from(0, &[0, 1, 2, 3]), 4);
+        assert_eq!(pool.walk_from(3, &[3, 4, 0]), 1);
+        assert_eq!(pool.walk_from(2, &[]), 2);
+    }
+
+    #[test]
+    fn random_operations_keep_the_pool_consistent() {
+        let mut pool = pool(50, 2, 5);
+        let mut rng = rng();
+        let mut now = 0;
+        for step in 0..20_000u32 {
+            now += rng.random_range(0..SEC / 4);
+            let exclude = [step % 50, (step * 7) % 50];
+            match pool.pick(now, &exclude, &mut rng) {
+                Some(index) if rng.random_bool(0.4) => {
+                    pool.failure(index, now);
+                }
+                Some(index) => pool.success(index),
+                None => assert!(pool.next_live_in(now) > Duration::ZERO),
+            }
+            pool.failure(rng.random_range(0..50), now);
+        }
+        assert_consistent(&pool);
+    }
+
+    #[test]
+    fn a_million_sessions_with_a_tenth_cooling_fit_in_sixteen_bytes_each() {
+        const SIZE: u32 = 1_000_000;
+        let mut pool = pool(SIZE, 1, 300);
+        let mut rng = rng();
+        for index in (0..SIZE).step_by(10) {
+            pool.failure(index, 0);
+        }
+        assert_eq!(pool.cooling_count(0), SIZE / 10);
+        let index = pool.pick(0, &[1, 2, 3], &mut rng).unwrap();
+        assert!(index % 10 != 0 && index > 3);
+        let bytes = 4 * (pool.live.capacity() + pool.pos.capacity() + pool.fails.capacity())
+            + 16 * pool.cooling.capacity();
+        assert!(bytes <= 16 * SIZE as usize, "{bytes} bytes");
+        assert_eq!(pool.live_count(300 * SEC), SIZE);
+        assert_consistent(&pool);
+    }
+}

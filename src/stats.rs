@@ -1,0 +1,152 @@
+//! Counters for the crawl stats (`hex_proxy/...`), shared by all threads.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+/// Statuses a failure can carry: the config only accepts 100..=599.
+const FIRST_STATUS: u16 = 100;
+const STATUSES: usize = 500;
+
+#[derive(Debug)]
+pub struct Stats {
+    /// Failures by status, lock-free and without formatting the reason on the hot path.
+    status_failures: [AtomicU64; STATUSES],
+    /// Failures by exception class name.
+    exception_failures: Mutex<HashMap<String, u64>>,
+    blacklisted: AtomicU64,
+    retry: AtomicU64,
+    retry_max_exceeded: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            status_failures: std::array::from_fn(|_| AtomicU64::new(0)),
+            exception_failures: Mutex::default(),
+            blacklisted: AtomicU64::new(0),
+            retry: AtomicU64::new(0),
+            retry_max_exceeded: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stats {
+    /// `status` must be in 100..=599.
+    pub fn status_failure(&self, status: u16) {
+        bump(&self.status_failures[usize::from(status - FIRST_STATUS)]);
+    }
+
+    pub fn exception_failure(&self, reason: &str) {
+        let mut failures = self.exception_failures.lock();
+        match failures.get_mut(reason) {
+            Some(count) => *count += 1,
+            None => {
+                failures.insert(reason.to_owned(), 1);
+            }
+        }
+    }
+
+    pub fn blacklisted(&self) {
+        bump(&self.blacklisted);
+    }
+
+    pub fn retry(&self) {
+        bump(&self.retry);
+    }
+
+    pub fn retry_max_exceeded(&self) {
+        bump(&self.retry_max_exceeded);
+    }
+
+    /// Every nonzero counter plus the two session gauges, sorted by key.
+    pub fn snapshot(&self, live: u32, cooling: u32) -> Vec<(String, u64)> {
+        let by_status = (FIRST_STATUS..)
+            .zip(&self.status_failures)
+            .map(|(status, count)| (status, load(count)))
+            .filter(|&(_, count)| count > 0)
+            .map(|(status, count)| (status.to_string(), count));
+        let by_exception = self.exception_failures.lock().clone();
+        let failures = by_status
+            .chain(by_exception)
+            .map(|(reason, count)| (format!("hex_proxy/failure/{reason}"), count));
+        let counters = [
+            ("blacklisted", &self.blacklisted),
+            ("retry", &self.retry),
+            ("retry/max_exceeded", &self.retry_max_exceeded),
+        ]
+        .map(|(name, count)| (format!("hex_proxy/{name}"), load(count)));
+        let gauges = [("live", live), ("cooling", cooling)]
+            .map(|(name, count)| (format!("hex_proxy/sessions/{name}"), u64::from(count)));
+        let mut out: Vec<(String, u64)> = failures
+            .chain(counters)
+            .filter(|&(_, count)| count > 0)
+            .chain(gauges)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(snapshot: &[(String, u64)]) -> Vec<&str> {
+        snapshot.iter().map(|(key, _)| key.as_str()).collect()
+    }
+
+    #[test]
+    fn fresh_stats_show_only_the_gauges() {
+        let snapshot = Stats::default().snapshot(20, 0);
+        assert_eq!(
+            snapshot,
+            [
+                ("hex_proxy/sessions/cooling".to_owned(), 0),
+                ("hex_proxy/sessions/live".to_owned(), 20),
+            ]
+        );
+    }
+
+    #[test]
+    fn counters_appear_under_their_keys() {
+        let stats = Stats::default();
+        stats.status_failure(429);
+        stats.status_failure(429);
+        stats.status_failure(100);
+        stats.status_failure(599);
+        stats.exception_failure("TunnelError");
+        stats.blacklisted();
+        stats.retry();
+        stats.retry();
+        stats.retry_max_exceeded();
+        let snapshot = stats.snapshot(18, 2);
+        assert_eq!(
+            keys(&snapshot),
+            [
+                "hex_proxy/blacklisted",
+                "hex_proxy/failure/100",
+                "hex_proxy/failure/429",
+                "hex_proxy/failure/599",
+                "hex_proxy/failure/TunnelError",
+                "hex_proxy/retry",
+                "hex_proxy/retry/max_exceeded",
+                "hex_proxy/sessions/cooling",
+                "hex_proxy/sessions/live",
+            ]
+        );
+        let get = |key: &str| snapshot.iter().find(|(k, _)| k == key).unwrap().1;
+        assert_eq!(get("hex_proxy/failure/429"), 2);
+        assert_eq!(get("hex_proxy/retry"), 2);
+        assert_eq!(get("hex_proxy/sessions/cooling"), 2);
+    }
+}
