@@ -1,0 +1,941 @@
+"""A loopback sticky-session proxy gateway for tests.
+
+:class:`Gateway` imitates a rotating proxy gateway on ``127.0.0.1``: it authenticates
+``Proxy-Authorization: Basic base64(<user>-session-<id>:<password>)``, lets a test script each
+session's behaviour (ban with a status, drop the connection, hang, fail for a while) and records
+every request. It never connects anywhere: it answers as the origin itself, for plain proxied
+requests (``GET http://site.test/page/3 HTTP/1.1``) and inside ``CONNECT`` tunnels, where it
+terminates TLS with a self-signed certificate (Scrapy does not verify certificates by default).
+
+It serves from daemon threads, not from the test's event loop, so it works under the asyncio
+reactor and the plain Twisted reactor alike::
+
+    with Gateway() as gw:
+        gw.set_behavior("s001", Behavior.answer(403))
+        settings = {"HEX_PROXY_GATEWAY": gw.url, "HEX_PROXY_USER": "USER", ...}
+        ...
+        assert gw.count("s001") == 1
+
+Origin pages (normal behaviour) are ``200 OK`` HTML naming the session and the URL, with header
+``X-Hex-Session``. Two paths are special, whatever the host:
+
+* ``/links/N`` -- the page also links to ``/page/0`` ... ``/page/N-1`` (N <= 10000);
+* ``/status/N`` -- the origin answers status N (200 ... 599) instead of 200.
+
+Behaviours apply to plain proxied requests; for https they apply to the CONNECT (a status
+refuses the tunnel, Scrapy sees a TunnelError) and again to each request inside an opened tunnel,
+so a behaviour set while a kept-alive tunnel is open takes effect on its next request.
+
+Counting: :meth:`Gateway.count` counts download *attempts* per session, see
+:attr:`Record.is_attempt`.
+
+Keep-alive and exact counts: Twisted's connection pool silently re-sends an idempotent request
+once when a *reused* keep-alive connection drops, so with ``Behavior.close()`` on plain http the
+gateway may see two requests for one Scrapy attempt. ``Gateway(keep_alive=False)`` closes every
+connection after its answer, which makes counts exact.
+
+Command line (serves until SIGINT/SIGTERM, prints the URL on one line)::
+
+    python -m scrapy_hexproxy.testing [--port N] [--user U] [--password P]
+        [--no-keep-alive] [--ban s001=403|close|hang ...]
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import html
+import http
+import logging
+import os
+import selectors
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+__all__ = ["Behavior", "Gateway", "Record", "advance_clock"]
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+_MAX_LINE = 16 * 1024
+_MAX_HEADERS = 200
+_MAX_BODY = 16 * 1024 * 1024
+_MAX_LINKS = 10_000
+_STOP_TIMEOUT = 1.0
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+# --------------------------------------------------------------------------- public data types
+
+
+@dataclass(frozen=True)
+class Behavior:
+    """What the gateway does with a session's requests.
+
+    ``action`` is ``"ok"`` (answer as the origin), ``"status"`` (answer ``status``),
+    ``"close"`` (read the request, close without a response) or ``"hang"`` (read the request,
+    never answer until the client leaves or the gateway stops). With ``seconds`` set, the action
+    applies only to requests arriving within ``seconds`` of the moment the behaviour was set;
+    later requests are answered normally.
+    """
+
+    action: str = "ok"
+    status: int = 200
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.action not in ("ok", "status", "close", "hang"):
+            raise ValueError(f"unknown action {self.action!r}")
+        if self.action == "status" and not (
+            isinstance(self.status, int) and 200 <= self.status <= 599
+        ):
+            raise ValueError(f"status must be an int in 200..599, got {self.status!r}")
+        if self.seconds is not None and not self.seconds >= 0:
+            raise ValueError(f"seconds must be >= 0, got {self.seconds!r}")
+
+    @classmethod
+    def normal(cls) -> Behavior:
+        """Answer as the origin (the default)."""
+        return cls()
+
+    @classmethod
+    def answer(cls, status: int) -> Behavior:
+        """Answer every request with ``status`` (body ``hexgate: <status>``)."""
+        return cls("status", status)
+
+    @classmethod
+    def close(cls) -> Behavior:
+        """Read the request, then close the connection without any response."""
+        return cls("close")
+
+    @classmethod
+    def hang(cls) -> Behavior:
+        """Read the request and never answer (until the client leaves or ``stop()``)."""
+        return cls("hang")
+
+    @classmethod
+    def fail_for(cls, seconds: float, status: int | None = None, close: bool = False) -> Behavior:
+        """Fail requests arriving within ``seconds`` of being set, then answer normally.
+
+        Failing means answering ``status`` (503 when neither ``status`` nor ``close`` is given)
+        or, with ``close=True``, dropping the connection.
+        """
+        if close:
+            if status is not None:
+                raise ValueError("fail_for() takes status or close=True, not both")
+            return cls("close", seconds=seconds)
+        return cls("status", 503 if status is None else status, seconds=seconds)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One request the gateway received.
+
+    ``kind``: ``"http"`` (plain proxied request), ``"connect"`` (a CONNECT) or ``"tunnel"`` (a
+    request inside a CONNECT tunnel, attributed to the CONNECT's session and username).
+    ``target``: the absolute URL, or ``host:port`` for a CONNECT.
+    ``outcome``: ``"ok"`` (origin answered / tunnel opened), ``"status:<N>"`` (answered N, by a
+    behaviour or by the ``/status/N`` path), ``"closed"``, ``"hang"``, ``"auth"`` (407), or
+    ``"bad_request"`` (400).
+    ``session``: the session id, or None when none could be parsed from the username.
+    """
+
+    session: str | None
+    kind: str
+    method: str
+    target: str
+    outcome: str
+    username: str | None
+
+    @property
+    def is_attempt(self) -> bool:
+        """Whether this record is one download attempt (what :meth:`Gateway.count` counts).
+
+        Plain requests and requests inside tunnels count once each, whatever their outcome
+        (a 407 included). A CONNECT counts only when it did *not* open a tunnel (refused,
+        closed, hung, 407): an opened tunnel's attempts are the requests inside it, which
+        may be several when the client keeps the tunnel alive. Malformed requests never count.
+        """
+        if self.session is None or self.outcome == "bad_request":
+            return False
+        return self.kind != "connect" or self.outcome != "ok"
+
+
+# --------------------------------------------------------------------------- TLS certificate
+
+_tls_lock = threading.Lock()
+_tls_context: ssl.SSLContext | None = None
+
+
+def _server_tls_context() -> ssl.SSLContext:
+    """A server context with a self-signed EC certificate, generated once per process."""
+    global _tls_context
+    with _tls_lock:
+        if _tls_context is None:
+            _tls_context = _make_tls_context()
+        return _tls_context
+
+
+def _make_tls_context() -> ssl.SSLContext:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hexgate test origin")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    # load_cert_chain only reads files: write a private temporary file, load it, delete it.
+    fd, path = tempfile.mkstemp(prefix="hexgate-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        ctx.load_cert_chain(path)
+    finally:
+        os.unlink(path)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+# --------------------------------------------------------------------------- HTTP plumbing
+
+
+class _BadRequest(Exception):
+    """Malformed request: answer 400 and close."""
+
+
+class _ClientGone(Exception):
+    """The client closed the connection in the middle of a request."""
+
+
+class _Reader:
+    """Minimal buffered reader over a (possibly TLS) socket, with size limits."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def readline(self) -> bytes:
+        """One line including its LF; b"" at EOF (partial trailing data is returned as is)."""
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self.buf[: i + 1])
+                del self.buf[: i + 1]
+                if len(line) > _MAX_LINE:
+                    raise _BadRequest("line too long")
+                return line
+            if len(self.buf) > _MAX_LINE:
+                raise _BadRequest("line too long")
+            if not self._fill():
+                line = bytes(self.buf)
+                self.buf.clear()
+                return line
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not self._fill():
+                raise _ClientGone()
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+
+class _Request:
+    def __init__(self, method: str, target: str, version: str, headers: list[tuple[str, str]]):
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.body = b""
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for k, v in reversed(self.headers):
+            if k.lower() == name:
+                return v
+        return None
+
+    def header_tokens(self, name: str) -> list[str]:
+        name = name.lower()
+        return [
+            t.strip().lower()
+            for k, v in self.headers
+            if k.lower() == name
+            for t in v.split(",")
+            if t.strip()
+        ]
+
+    def wants_close(self) -> bool:
+        tokens = self.header_tokens("connection") + self.header_tokens("proxy-connection")
+        if self.version == "HTTP/1.0":
+            return "keep-alive" not in tokens
+        return "close" in tokens
+
+
+def _is_token(s: str) -> bool:
+    return bool(s) and all(c in _TOKEN_CHARS for c in s)
+
+
+def _read_request(reader: _Reader) -> _Request | None:
+    """Read one request. None on a clean EOF before it; raises _BadRequest / _ClientGone."""
+    line = reader.readline()
+    # RFC 9112 2.2: ignore at least one empty line before the request line.
+    for _ in range(8):
+        if line not in (b"\r\n", b"\n"):
+            break
+        line = reader.readline()
+    if not line:
+        return None
+    if not line.endswith(b"\n"):
+        raise _ClientGone()
+    try:
+        text = line.decode("ascii").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise _BadRequest("non-ascii request line") from None
+    parts = text.split(" ")
+    if len(parts) != 3 or not _is_token(parts[0]) or not parts[1]:
+        raise _BadRequest("malformed request line")
+    method, target, version = parts
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise _BadRequest("unsupported HTTP version")
+    headers: list[tuple[str, str]] = []
+    while True:
+        hline = reader.readline()
+        if not hline.endswith(b"\n"):
+            raise _ClientGone()
+        if hline in (b"\r\n", b"\n"):
+            break
+        if len(headers) >= _MAX_HEADERS:
+            raise _BadRequest("too many headers")
+        try:
+            htext = hline.decode("latin-1").rstrip("\r\n")
+        except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes everything
+            raise _BadRequest("bad header") from None
+        name, sep, value = htext.partition(":")
+        if not sep or not _is_token(name):
+            raise _BadRequest("malformed header line")
+        headers.append((name, value.strip(" \t")))
+    req = _Request(method, target, version, headers)
+    req.body = _read_body(reader, req)
+    return req
+
+
+def _read_body(reader: _Reader, req: _Request) -> bytes:
+    te = req.header_tokens("transfer-encoding")
+    lengths = {v.strip() for k, v in req.headers if k.lower() == "content-length"}
+    if te:
+        if lengths or te != ["chunked"]:
+            raise _BadRequest("unsupported transfer-encoding")
+        body = bytearray()
+        while True:
+            size_line = reader.readline()
+            if not size_line.endswith(b"\n"):
+                raise _ClientGone()
+            try:
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise _BadRequest("bad chunk size") from None
+            if size < 0 or len(body) + size > _MAX_BODY:
+                raise _BadRequest("bad chunk size")
+            if size == 0:
+                while reader.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return bytes(body)
+            body += reader.read(size)
+            if reader.readline() not in (b"\r\n", b"\n"):
+                raise _BadRequest("bad chunk")
+    if not lengths:
+        return b""
+    if len(lengths) != 1:
+        raise _BadRequest("conflicting content-length")
+    value = lengths.pop()
+    if not value.isdigit() or int(value) > _MAX_BODY:
+        raise _BadRequest("bad content-length")
+    return reader.read(int(value))
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _response(
+    status: int,
+    body: bytes,
+    *,
+    content_type: str = "text/plain; charset=utf-8",
+    extra: tuple[tuple[str, str], ...] = (),
+    head: bool = False,
+    close: bool = False,
+) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status} {_reason(status)}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+    ]
+    lines += [f"{k}: {v}" for k, v in extra]
+    lines.append("Connection: close" if close else "Connection: keep-alive")
+    out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return out if head else out + body
+
+
+def _origin_page(session: str, url: str) -> tuple[int, bytes, str]:
+    """(status, body, content type) of the origin's answer for ``url``."""
+    segs = urlsplit(url).path.split("/")
+    if len(segs) == 3 and segs[1] == "status" and segs[2].isdigit():
+        status = int(segs[2])
+        if 200 <= status <= 599:
+            return status, f"hexgate: {status}".encode(), "text/plain; charset=utf-8"
+    links = ""
+    if len(segs) == 3 and segs[1] == "links" and segs[2].isdigit():
+        n = min(int(segs[2]), _MAX_LINKS)
+        links = "<ul>" + "".join(f'<li><a href="/page/{i}">page {i}</a></li>' for i in range(n))
+        links += "</ul>"
+    body = (
+        f'<html><body><p id="session">{html.escape(session)}</p>'
+        f'<p id="url">{html.escape(url)}</p>{links}</body></html>'
+    )
+    return 200, body.encode("utf-8"), "text/html; charset=utf-8"
+
+
+# --------------------------------------------------------------------------- the gateway
+
+
+class _Conn:
+    """A client connection; ``sock`` becomes the TLS socket once a tunnel is opened."""
+
+    __slots__ = ("sock", "thread")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.thread: threading.Thread | None = None
+
+
+class Gateway:
+    """Sticky-session proxy gateway on 127.0.0.1 for tests (see the module docstring)."""
+
+    host = HOST
+
+    def __init__(
+        self,
+        user: str = "USER",
+        password: str = "PASS",
+        *,
+        port: int = 0,
+        keep_alive: bool = True,
+    ) -> None:
+        self.user = user
+        self._password = password
+        self.port = port
+        # False: "Connection: close" on every answer (see "Keep-alive and exact counts" above).
+        self.keep_alive = keep_alive
+        self._lock = threading.Lock()
+        self._records: list[Record] = []
+        self._behaviors: dict[str, tuple[Behavior, float]] = {}
+        self._default: tuple[Behavior, float] = (Behavior(), 0.0)
+        self._conns: set[_Conn] = set()
+        self._stop_event = threading.Event()
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._started = False
+        self._stopping = False
+
+    # -- lifecycle
+
+    def start(self) -> Gateway:
+        """Bind 127.0.0.1 (``port``, 0 = any free port) and serve from daemon threads."""
+        with self._lock:
+            if self._started:
+                raise RuntimeError("Gateway already started")
+            self._started = True
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.bind((HOST, self.port))
+            listener.listen(128)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name=f"hexgate-accept-{self.port}", daemon=True
+        )
+        self._accept_thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every connection, release hung requests. Idempotent."""
+        with self._lock:
+            if not self._started or self._stopping:
+                return
+            self._stopping = True
+        self._stop_event.set()
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        if self._accept_thread is not None:
+            self._accept_thread.join(_STOP_TIMEOUT)
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                # The base-class method: shuts the file descriptor down even for a TLS socket
+                # whose reading thread is blocked inside OpenSSL.
+                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for conn in conns:
+            if conn.thread is not None:
+                conn.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def __enter__(self) -> Gateway:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` -- the value for HEX_PROXY_GATEWAY."""
+        if not self._started:
+            raise RuntimeError("Gateway not started")
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def password(self) -> str:
+        return self._password
+
+    def __repr__(self) -> str:
+        where = f"http://{HOST}:{self.port}" if self._started else "not started"
+        return f"<Gateway {where} user={self.user!r}>"
+
+    # -- behaviours
+
+    def set_behavior(self, session: str, behavior: Behavior) -> None:
+        """Use ``behavior`` for ``session`` from now on (a fail_for window starts now)."""
+        with self._lock:
+            self._behaviors[session] = (behavior, time.monotonic())
+
+    def set_default_behavior(self, behavior: Behavior) -> None:
+        """Use ``behavior`` for every session without its own (a fail_for window starts now)."""
+        with self._lock:
+            self._default = (behavior, time.monotonic())
+
+    def clear_behavior(self, session: str) -> None:
+        """Make ``session`` follow the default behaviour again."""
+        with self._lock:
+            self._behaviors.pop(session, None)
+
+    def _action(self, session: str) -> Behavior:
+        with self._lock:
+            behavior, since = self._behaviors.get(session, self._default)
+        if behavior.seconds is not None and time.monotonic() - since >= behavior.seconds:
+            return Behavior()
+        return behavior
+
+    # -- observation
+
+    @property
+    def records(self) -> list[Record]:
+        """A snapshot of every request received since start or the last reset(), in order."""
+        with self._lock:
+            return list(self._records)
+
+    def count(self, session: str) -> int:
+        """Download attempts received for ``session`` (see :attr:`Record.is_attempt`)."""
+        with self._lock:
+            return sum(1 for r in self._records if r.session == session and r.is_attempt)
+
+    def counts(self) -> dict[str, int]:
+        """Download attempts per session, for every session that made any."""
+        out: dict[str, int] = {}
+        with self._lock:
+            for r in self._records:
+                if r.is_attempt:
+                    out[r.session] = out.get(r.session, 0) + 1  # type: ignore[index]
+        return out
+
+    def reset(self) -> None:
+        """Forget every record (and so every count). Behaviours are kept."""
+        with self._lock:
+            self._records.clear()
+
+    def _record(self, *args: str | None) -> None:
+        rec = Record(*args)  # type: ignore[arg-type]
+        with self._lock:
+            self._records.append(rec)
+
+    # -- serving
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        sel = selectors.DefaultSelector()
+        try:
+            sel.register(self._listener, selectors.EVENT_READ)
+            while not self._stop_event.is_set():
+                if not sel.select(0.05):
+                    continue
+                try:
+                    sock, _ = self._listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    break
+                sock.setblocking(True)
+                conn = _Conn(sock)
+                conn.thread = threading.Thread(
+                    target=self._serve, args=(conn,), name="hexgate-conn", daemon=True
+                )
+                with self._lock:
+                    if self._stopping:
+                        sock.close()
+                        break
+                    self._conns.add(conn)
+                try:
+                    conn.thread.start()
+                except RuntimeError:  # out of threads: refuse this client, keep serving
+                    with self._lock:
+                        self._conns.discard(conn)
+                    sock.close()
+        finally:
+            sel.close()
+
+    def _serve(self, conn: _Conn) -> None:
+        try:
+            self._serve_connection(conn)
+        except (OSError, _ClientGone):
+            pass  # the client went away, or stop() shut the socket
+        except Exception:
+            logger.exception("hexgate: unexpected error while serving a connection")
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            try:
+                conn.sock.close()
+            except OSError:
+                pass
+
+    def _serve_connection(self, conn: _Conn) -> None:
+        reader = _Reader(conn.sock)
+        while not self._stop_event.is_set():
+            try:
+                req = _read_request(reader)
+            except _BadRequest:
+                self._record(None, "http", "", "", "bad_request", None)
+                conn.sock.sendall(_response(400, b"hexgate: 400", close=True))
+                return
+            if req is None:
+                return
+            if req.method == "CONNECT":
+                self._handle_connect(conn, reader, req)
+                return
+            if not self._handle_proxied(conn, req):
+                return
+
+    def _authenticate(self, req: _Request) -> tuple[str | None, str | None, bool]:
+        """(session, username, ok) from Proxy-Authorization."""
+        value = req.header("proxy-authorization")
+        if value is None:
+            return None, None, False
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return None, None, False
+        try:
+            decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return None, None, False
+        username, sep, password = decoded.partition(":")
+        if not sep:
+            return None, None, False  # no "user:password" shape: record nothing of it
+        prefix = f"{self.user}-session-"
+        if username.startswith(prefix):
+            session: str | None = username[len(prefix) :] or None
+            ok = session is not None and hmac.compare_digest(
+                password.encode("utf-8"), self._password.encode("utf-8")
+            )
+            return session, username, ok
+        # Wrong user: still attribute the 407 to the session it names, if any.
+        _, marker, session_id = username.partition("-session-")
+        return (session_id if marker and session_id else None), username, False
+
+    def _handle_proxied(self, conn: _Conn, req: _Request) -> bool:
+        """Serve one plain proxied request; False when the connection must close."""
+        split = urlsplit(req.target)
+        if split.scheme not in ("http", "https") or not split.netloc:
+            self._record(None, "http", req.method, req.target, "bad_request", None)
+            conn.sock.sendall(_response(400, b"hexgate: 400", close=True))
+            return False
+        close = req.wants_close() or not self.keep_alive
+        session, username, ok = self._authenticate(req)
+        if not ok:
+            self._record(session, "http", req.method, req.target, "auth", username)
+            conn.sock.sendall(
+                _response(
+                    407,
+                    b"hexgate: 407",
+                    extra=(("Proxy-Authenticate", 'Basic realm="hexgate"'),),
+                    head=req.method == "HEAD",
+                    close=close,
+                )
+            )
+            return not close
+        assert session is not None
+        behavior = self._action(session)
+        return self._answer(conn, req, "http", session, username, req.target, close, behavior)
+
+    def _answer(
+        self,
+        conn: _Conn,
+        req: _Request,
+        kind: str,
+        session: str,
+        username: str | None,
+        url: str,
+        close: bool,
+        behavior: Behavior,
+    ) -> bool:
+        """Apply ``behavior`` to an authenticated request; False when the connection must close."""
+        head = req.method == "HEAD"
+        extra = (("X-Hex-Session", session),)
+        if behavior.action == "close":
+            self._record(session, kind, req.method, url, "closed", username)
+            return False
+        if behavior.action == "hang":
+            self._record(session, kind, req.method, url, "hang", username)
+            self._hang(conn)
+            return False
+        if behavior.action == "status":
+            status = behavior.status
+            self._record(session, kind, req.method, url, f"status:{status}", username)
+            body = f"hexgate: {status}".encode()
+            conn.sock.sendall(_response(status, body, extra=extra, head=head, close=close))
+            return not close
+        status, body, ctype = _origin_page(session, url)
+        outcome = "ok" if status == 200 else f"status:{status}"
+        self._record(session, kind, req.method, url, outcome, username)
+        conn.sock.sendall(
+            _response(status, body, content_type=ctype, extra=extra, head=head, close=close)
+        )
+        return not close
+
+    def _hang(self, conn: _Conn) -> None:
+        """Never answer: wait until the client leaves or stop() shuts the socket down."""
+        while not self._stop_event.is_set():
+            try:
+                if not conn.sock.recv(65536):
+                    return
+            except OSError:
+                return
+
+    def _handle_connect(self, conn: _Conn, reader: _Reader, req: _Request) -> None:
+        host, sep, port_text = req.target.rpartition(":")
+        if (
+            not sep
+            or not host
+            or not port_text.isdigit()
+            or not 0 < int(port_text) < 65536
+            or "/" in host
+        ):
+            self._record(None, "connect", req.method, req.target, "bad_request", None)
+            conn.sock.sendall(_response(400, b"hexgate: 400", close=True))
+            return
+        session, username, ok = self._authenticate(req)
+        if not ok:
+            self._record(session, "connect", req.method, req.target, "auth", username)
+            conn.sock.sendall(
+                _response(
+                    407,
+                    b"hexgate: 407",
+                    extra=(("Proxy-Authenticate", 'Basic realm="hexgate"'),),
+                    close=True,
+                )
+            )
+            return
+        assert session is not None
+        behavior = self._action(session)
+        if behavior.action != "ok":
+            # Any refusal ends the connection, whatever the client asked for.
+            self._answer(conn, req, "connect", session, username, req.target, True, behavior)
+            return
+        self._record(session, "connect", req.method, req.target, "ok", username)
+        conn.sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self._serve_tunnel(conn, reader, session, username, host, int(port_text))
+
+    def _serve_tunnel(
+        self,
+        conn: _Conn,
+        reader: _Reader,
+        session: str,
+        username: str | None,
+        host: str,
+        port: int,
+    ) -> None:
+        # Peek so that a client speaking plain HTTP through the tunnel is served too.
+        first = bytes(reader.buf[:1]) or conn.sock.recv(1, socket.MSG_PEEK)
+        if not first:
+            return
+        scheme = "http"
+        if first == b"\x16" and not reader.buf:  # a TLS handshake record
+            ctx = _server_tls_context()
+            with self._lock:
+                if self._stopping:
+                    return
+                conn.sock = ctx.wrap_socket(
+                    conn.sock, server_side=True, do_handshake_on_connect=False
+                )
+            try:
+                conn.sock.do_handshake()
+            except OSError:
+                return  # ssl.SSLError is an OSError: a client that gave up, or no TLS after all
+            reader = _Reader(conn.sock)
+            scheme = "https"
+        default_port = 443 if scheme == "https" else 80
+        authority = host if port == default_port else f"{host}:{port}"
+        while not self._stop_event.is_set():
+            try:
+                req = _read_request(reader)
+            except _BadRequest:
+                self._record(session, "tunnel", "", "", "bad_request", username)
+                conn.sock.sendall(_response(400, b"hexgate: 400", close=True))
+                return
+            if req is None:
+                return
+            if req.target.startswith("/"):
+                url = f"{scheme}://{authority}{req.target}"
+            elif urlsplit(req.target).scheme in ("http", "https"):
+                url = req.target
+            else:
+                self._record(session, "tunnel", req.method, req.target, "bad_request", username)
+                conn.sock.sendall(_response(400, b"hexgate: 400", close=True))
+                return
+            close = req.wants_close() or not self.keep_alive
+            behavior = self._action(session)
+            if not self._answer(conn, req, "tunnel", session, username, url, close, behavior):
+                return
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def advance_clock(crawler: object, seconds: float) -> None:
+    """Move the middlewares' clock by ``seconds`` and wake requests waiting for a session.
+
+    Needs ``HEX_PROXY_MANUAL_CLOCK = True``: then cooldowns end only when a test says so,
+    without sleeping.
+    """
+    # Imported here: this module stays free of Scrapy/Twisted imports until used with them.
+    from ._runtime import advance_clock as advance
+
+    advance(crawler, seconds)  # type: ignore[arg-type]
+
+
+def _parse_ban(text: str) -> tuple[str, Behavior]:
+    session, sep, what = text.partition("=")
+    if not sep or not session:
+        raise ValueError(f"expected SESSION=STATUS|close|hang, got {text!r}")
+    if what == "close":
+        return session, Behavior.close()
+    if what == "hang":
+        return session, Behavior.hang()
+    if what.isdigit():
+        return session, Behavior.answer(int(what))
+    raise ValueError(f"expected SESSION=STATUS|close|hang, got {text!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(
+        prog="python -m scrapy_hexproxy.testing",
+        description="Serve a loopback sticky-session proxy gateway on 127.0.0.1 until "
+        "SIGINT/SIGTERM; prints its URL on one line.",
+    )
+    parser.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    parser.add_argument("--user", default="USER", help="gateway user (default: USER)")
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("HEX_PROXY_PASS", "PASS"),
+        help="gateway password (default: $HEX_PROXY_PASS or PASS)",
+    )
+    parser.add_argument(
+        "--no-keep-alive",
+        dest="keep_alive",
+        action="store_false",
+        help='answer every request with "Connection: close"',
+    )
+    parser.add_argument(
+        "--ban",
+        action="append",
+        default=[],
+        metavar="SESSION=STATUS|close|hang",
+        help="script a session's behaviour, e.g. --ban s001=403 (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        bans = [_parse_ban(b) for b in args.ban]
+    except ValueError as exc:
+        parser.error(str(exc))
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    gateway = Gateway(args.user, args.password, port=args.port, keep_alive=args.keep_alive)
+    for session, behavior in bans:
+        gateway.set_behavior(session, behavior)
+    with gateway:
+        print(gateway.url, flush=True)
+        while not done.wait(0.5):
+            gateway.reset()  # nobody reads records here: keep memory flat in long benchmarks
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
