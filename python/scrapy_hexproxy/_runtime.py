@@ -1,0 +1,253 @@
+"""State shared by the two middlewares of one crawler: the Rust core and the attempt ledger.
+
+An attempt's outcome is settled exactly once, by whichever middleware sees it first: the
+attempt token lives in ``request.meta`` and is popped by the first one to see the outcome.
+That is what makes failure tracking independent of the middlewares' order (the guide's
+retry middleware saw failures first and returned a new request, so they were never counted).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.exceptions import IgnoreRequest
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
+from twisted.internet.defer import Deferred
+
+from . import _core
+from ._settings import HexProxyConfigError, HexSettings, read_settings
+
+if TYPE_CHECKING:
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+
+logger = logging.getLogger("scrapy_hexproxy")
+
+#: meta key of the attempt in flight: (session index, retry_times when it was sent).
+ATTEMPT = "_hex_attempt"
+#: meta key of the session indices that already failed this request (a tuple: copies share it).
+FAILED = "_hex_failed"
+#: meta key with the public session id of the current attempt.
+SESSION = "hex_session"
+
+AUTH_FAILED_REASON = "hex_proxy_auth_failed"
+_TUNNEL_STATUS = re.compile(r"'status': (\d{3})")
+
+
+def _transport_exceptions() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the attempt failed on the way (the session's fault, maybe)."""
+    import scrapy.exceptions as scrapy_exceptions
+    from scrapy.core.downloader.handlers.http11 import TunnelError
+    from twisted.internet import defer, error
+    from twisted.web.client import ResponseFailed, ResponseNeverReceived
+
+    # Scrapy >= 2.15 wraps the Twisted errors into its own download exceptions.
+    new_in_2_15 = (
+        "DownloadConnectionRefusedError",
+        "CannotResolveHostError",
+        "DownloadTimeoutError",
+        "DownloadFailedError",
+        "ResponseDataLossError",
+    )
+    found = tuple(
+        getattr(scrapy_exceptions, name) for name in new_in_2_15 if hasattr(scrapy_exceptions, name)
+    )
+    return (
+        *found,
+        TunnelError,
+        error.ConnectError,
+        error.ConnectionLost,
+        error.ConnectionDone,
+        error.TimeoutError,
+        defer.TimeoutError,
+        ResponseFailed,
+        ResponseNeverReceived,
+        OSError,
+    )
+
+
+class Runtime:
+    """One per crawler; created by the first of the two middlewares to be built."""
+
+    @classmethod
+    def of(cls, crawler: Crawler) -> Runtime:
+        runtime = getattr(crawler, "_hex_proxy_runtime", None)
+        if runtime is None:
+            runtime = cls(crawler, read_settings(crawler.settings))
+            crawler._hex_proxy_runtime = runtime  # type: ignore[attr-defined]
+        return runtime
+
+    def __init__(self, crawler: Crawler, settings: HexSettings) -> None:
+        self.crawler = crawler
+        self.settings = settings
+        try:
+            self.core = _core.Core(**settings.core_kwargs)
+        except (ValueError, OverflowError) as exc:  # the core names the setting
+            raise HexProxyConfigError(str(exc)) from None
+        self.proxy_url = settings.gateway.url
+        self.transport_exceptions = _transport_exceptions()
+        self.failure_codes = frozenset(settings.core_kwargs["failure_codes"])
+        self._waiters: list[Deferred[None]] = []
+        self._wake_call: Any = None
+        crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def assign(self, request: Request, index: int) -> None:
+        """Send this attempt through session ``index``."""
+        core = self.core
+        meta = request.meta
+        meta["proxy"] = self.proxy_url
+        meta[SESSION] = core.session_id(index)
+        meta[ATTEMPT] = (index, meta.get("retry_times", 0))
+        request.headers[b"Proxy-Authorization"] = core.proxy_authorization(index)
+
+    async def wait_and_assign(self, request: Request) -> None:
+        """Every session is cooling: wait for one to come back, without blocking the reactor."""
+        while True:
+            waiter: Deferred[None] = Deferred()
+            self._waiters.append(waiter)
+            self._schedule_wake()
+            await maybe_deferred_to_future(waiter)
+            index = self.core.pick(request.meta.get(FAILED))
+            if index is not None:
+                self.assign(request, index)
+                return
+
+    @property
+    def waiting(self) -> int:
+        """How many requests are waiting for a session to come back."""
+        return len(self._waiters)
+
+    def wake(self) -> None:
+        """Let the waiting requests try again (after a cooldown ended or the clock moved)."""
+        if self._wake_call is not None and self._wake_call.active():
+            self._wake_call.cancel()
+        self._wake_call = None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _schedule_wake(self) -> None:
+        if self._wake_call is not None and self._wake_call.active():
+            return
+        if self.settings.core_kwargs["manual_clock"]:
+            return  # the test drives the clock; advance_clock() wakes the waiters
+        from twisted.internet import reactor
+
+        self._wake_call = reactor.callLater(self.core.next_live_in(), self.wake)
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def settle_unobserved(self, request: Request) -> None:
+        """The previous attempt's outcome never reached us (a middleware above ours returned a
+        new request). A retry means it failed; anything else (a redirect) means it worked."""
+        index, retry_times = request.meta.pop(ATTEMPT)
+        if request.meta.get("retry_times", 0) > retry_times:
+            self._failed(request, index, self.core.record_exception(index, "unobserved"))
+        else:
+            self.core.record_success(index)
+
+    def settle_response(self, request: Request, response: Response) -> None:
+        attempt = request.meta.pop(ATTEMPT, None)
+        if attempt is None:
+            return
+        index = attempt[0]
+        status = response.status
+        flags = self.core.record_status(index, status)
+        if status in self.failure_codes:
+            self._failed(request, index, flags)
+
+    def settle_exception(self, request: Request, exception: BaseException) -> bool:
+        """Settle the attempt; True when the exception is a transport failure."""
+        attempt = request.meta.pop(ATTEMPT, None)
+        if not isinstance(exception, self.transport_exceptions):
+            return False  # a programming error is nobody's failure
+        if attempt is not None:
+            index = attempt[0]
+            status = self.tunnel_status(exception)
+            if status in self.failure_codes:
+                flags = self.core.record_status(index, status)
+            else:
+                flags = self.core.record_exception(index, type(exception).__name__)
+            self._failed(request, index, flags)
+        return True
+
+    @staticmethod
+    def tunnel_status(exception: BaseException) -> int | None:
+        """The status with which the gateway refused a CONNECT tunnel, if that is what happened."""
+        from scrapy.core.downloader.handlers.http11 import TunnelError
+
+        if isinstance(exception, TunnelError):
+            found = _TUNNEL_STATUS.search(str(exception))
+            if found:
+                return int(found.group(1))
+        return None
+
+    def _failed(self, request: Request, index: int, flags: int) -> None:
+        meta = request.meta
+        meta[FAILED] = (*meta.get(FAILED, ()), index)
+        if flags & _core.BLACKLISTED:
+            logger.warning(
+                "hex_proxy: session %s blacklisted for %gs after %d consecutive failures",
+                self.core.session_id(index),
+                self.settings.core_kwargs["cooldown"],
+                self.settings.core_kwargs["max_failures"],
+            )
+        if flags & _core.AUTH_FAILED:
+            self._stop_for_bad_credentials()
+
+    def _stop_for_bad_credentials(self) -> None:
+        logger.error(
+            "hex_proxy: the gateway %s rejected user %r with %d consecutive 407 responses:"
+            " check HEX_PROXY_USER and HEX_PROXY_PASS. Closing the spider (%s).",
+            self.settings.gateway.host,
+            self.core.user,
+            self.settings.core_kwargs["auth_failures_to_close"],
+            AUTH_FAILED_REASON,
+        )
+        # Requests waiting for a session would hold the close up until a cooldown ends.
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(IgnoreRequest("scrapy-hexproxy: the gateway rejected the credentials"))
+        engine = _late(self.crawler, "engine")
+        if engine is None:
+            return
+        if hasattr(engine, "close_spider_async"):  # Scrapy >= 2.14
+            deferred_from_coro(engine.close_spider_async(reason=AUTH_FAILED_REASON))
+        else:
+            engine.close_spider(self.crawler.spider, AUTH_FAILED_REASON)
+
+    # -- stats ----------------------------------------------------------------------------
+
+    def publish_stats(self) -> None:
+        """Copy the core's counters and gauges into the crawler's stats."""
+        stats = _late(self.crawler, "stats")
+        if stats is None:
+            return
+        for key, value in self.core.stats().items():
+            stats.set_value(key, value)
+
+    def _spider_closed(self, spider: Any = None, reason: str = "") -> None:
+        if self._wake_call is not None and self._wake_call.active():
+            self._wake_call.cancel()
+        self.publish_stats()
+
+
+def _late(crawler: Crawler, name: str) -> Any:
+    """A crawler attribute that only exists once the crawl starts (None before)."""
+    try:
+        return getattr(crawler, name, None)
+    except RuntimeError:  # Scrapy >= 2.14 raises instead of returning None
+        return None
+
+
+def advance_clock(crawler: Crawler, seconds: float) -> None:
+    """Move the core's manual clock (``HEX_PROXY_MANUAL_CLOCK = True``); wake waiting requests."""
+    runtime = Runtime.of(crawler)
+    runtime.core.advance(seconds)
+    runtime.wake()

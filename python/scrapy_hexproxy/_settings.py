@@ -1,0 +1,189 @@
+"""Read and check the HEX_PROXY_* settings.
+
+Types are checked here (Scrapy settings may arrive as strings from ``-s NAME=VALUE``);
+ranges are checked by the Rust core, whose messages also name the setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+#: Statuses retried by default (the guide's list).
+DEFAULT_RETRY_CODES = (403, 407, 408, 429, 500, 502, 503, 504)
+#: Statuses counted against the session by default: 403, 407, 429 and every 5xx.
+DEFAULT_FAILURE_CODES = (403, 407, 429, *range(500, 600))
+
+_SWITCH_OFF = "set HEX_PROXY_ENABLED = False to switch the scrapy-hexproxy middlewares off"
+
+
+class HexProxyConfigError(ValueError):
+    """A HEX_PROXY_* setting is missing or wrong; the crawl does not start."""
+
+
+@dataclass(frozen=True)
+class Gateway:
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HexSettings:
+    gateway: Gateway
+    core_kwargs: dict[str, Any]
+    retry_priority_adjust: int
+
+
+def is_enabled(settings: Any) -> bool:
+    value = settings.get("HEX_PROXY_ENABLED", True)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise HexProxyConfigError(f"HEX_PROXY_ENABLED must be True or False, got {value!r}")
+
+
+def parse_gateway(value: Any) -> Gateway:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise HexProxyConfigError(
+            "HEX_PROXY_GATEWAY is not set: scrapy-hexproxy will not crawl from this machine's"
+            " own address. Set HEX_PROXY_GATEWAY = 'http://host:port' (your gateway), or "
+            + _SWITCH_OFF
+            + "."
+        )
+    if not isinstance(value, str):
+        raise HexProxyConfigError(
+            f"HEX_PROXY_GATEWAY must be a URL string like 'http://host:port',"
+            f" got {type(value).__name__}"
+        )
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+        host = parts.hostname
+    except ValueError:
+        # urlsplit's message may quote the URL, which may hold a password: chain nothing.
+        raise HexProxyConfigError(
+            "HEX_PROXY_GATEWAY is not a valid URL (expected 'http://host:port'): bad port or host"
+        ) from None
+    if parts.username is not None or parts.password is not None:
+        raise HexProxyConfigError(
+            "HEX_PROXY_GATEWAY must not hold credentials: put them in HEX_PROXY_USER and"
+            " HEX_PROXY_PASS and give the gateway as 'http://host:port'"
+        )
+    if parts.scheme not in ("http", "https"):
+        raise HexProxyConfigError(
+            f"HEX_PROXY_GATEWAY must start with http:// or https://, got scheme {parts.scheme!r}"
+        )
+    if not host:
+        raise HexProxyConfigError("HEX_PROXY_GATEWAY has no host (expected 'http://host:port')")
+    if port is None:
+        raise HexProxyConfigError(
+            f"HEX_PROXY_GATEWAY has no port (expected '{parts.scheme}://{host}:PORT')"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise HexProxyConfigError(
+            "HEX_PROXY_GATEWAY must be just scheme, host and port ('http://host:port'),"
+            " without a path or query"
+        )
+    return Gateway(parts.scheme, host, port)
+
+
+def _text(settings: Any, name: str) -> str:
+    value = settings.get(name)
+    if value is None or value == "":
+        raise HexProxyConfigError(f"{name} is not set: the gateway needs credentials")
+    if not isinstance(value, str):
+        raise HexProxyConfigError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _int(settings: Any, name: str, default: int) -> int:
+    value = settings.get(name, default)
+    if isinstance(value, bool):
+        raise HexProxyConfigError(f"{name} must be a whole number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise HexProxyConfigError(f"{name} must be a whole number, got {value!r}")
+
+
+def _float(settings: Any, name: str, default: float) -> float:
+    value = settings.get(name, default)
+    if isinstance(value, bool):
+        raise HexProxyConfigError(f"{name} must be a number of seconds, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise HexProxyConfigError(f"{name} must be a number of seconds, got {value!r}")
+
+
+def _codes(settings: Any, name: str, default: tuple[int, ...]) -> list[int]:
+    value = settings.get(name)
+    if value is None:
+        return list(default)
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise HexProxyConfigError(
+            f"{name} must be a list of HTTP status codes, got {type(value).__name__}"
+        )
+    codes = []
+    for item in value:
+        if isinstance(item, bool):
+            raise HexProxyConfigError(f"{name} must hold HTTP status codes, got {item!r}")
+        try:
+            codes.append(int(item))
+        except (TypeError, ValueError):
+            raise HexProxyConfigError(f"{name} must hold HTTP status codes, got {item!r}") from None
+    return codes
+
+
+def _bool(settings: Any, name: str) -> bool:
+    value = settings.get(name, False)
+    try:
+        return bool(settings.getbool(name, False))
+    except ValueError:
+        raise HexProxyConfigError(f"{name} must be True or False, got {value!r}") from None
+
+
+def read_settings(settings: Any) -> HexSettings:
+    """Every HEX_PROXY_* value, checked; raises HexProxyConfigError naming the setting."""
+    gateway = parse_gateway(settings.get("HEX_PROXY_GATEWAY"))
+    seed = settings.get("HEX_PROXY_SEED")
+    core_kwargs: dict[str, Any] = {
+        "pool_size": _int(settings, "HEX_PROXY_SESSION_POOL_SIZE", 20),
+        "max_failures": _int(settings, "HEX_PROXY_MAX_FAILURES", 5),
+        "cooldown": _float(settings, "HEX_PROXY_BLACKLIST_COOLDOWN", 300.0),
+        "max_retries": _int(settings, "HEX_PROXY_MAX_RETRIES", 4),
+        "retry_codes": _codes(settings, "HEX_PROXY_RETRY_CODES", DEFAULT_RETRY_CODES),
+        "failure_codes": _codes(settings, "HEX_PROXY_FAILURE_CODES", DEFAULT_FAILURE_CODES),
+        "auth_failures_to_close": _int(settings, "HEX_PROXY_AUTH_FAILURES_TO_CLOSE", 3),
+        "user": _text(settings, "HEX_PROXY_USER"),
+        "password": _text(settings, "HEX_PROXY_PASS"),
+        "manual_clock": _bool(settings, "HEX_PROXY_MANUAL_CLOCK"),
+        "seed": None if seed is None else _int(settings, "HEX_PROXY_SEED", 0),
+    }
+    return HexSettings(
+        gateway=gateway,
+        core_kwargs=core_kwargs,
+        retry_priority_adjust=_int(settings, "RETRY_PRIORITY_ADJUST", -1),
+    )

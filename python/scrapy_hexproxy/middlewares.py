@@ -1,0 +1,145 @@
+"""The two downloader middlewares. They speak Scrapy; the decisions are the Rust core's."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from scrapy.exceptions import NotConfigured
+
+from . import _core
+from ._runtime import FAILED, Runtime
+from ._settings import is_enabled
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from scrapy import Request, Spider
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+    from typing_extensions import Self
+
+logger = logging.getLogger("scrapy_hexproxy")
+
+_SCRAPY_RETRY = "scrapy.downloadermiddlewares.retry.RetryMiddleware"
+
+
+def _runtime(crawler: Crawler) -> Runtime:
+    if not is_enabled(crawler.settings):
+        raise NotConfigured("HEX_PROXY_ENABLED is False")
+    return Runtime.of(crawler)
+
+
+class HexProxyMiddleware:
+    """Gives every download attempt a sticky gateway session and tracks each session's health."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._core = runtime.core
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(_runtime(crawler))
+
+    def process_request(
+        self, request: Request, spider: Spider | None = None
+    ) -> Coroutine[Any, Any, None] | None:
+        runtime = self._runtime
+        meta = request.meta
+        if "_hex_attempt" in meta:
+            runtime.settle_unobserved(request)
+        index = self._core.pick(meta.get(FAILED))
+        if index is None:
+            return runtime.wait_and_assign(request)
+        runtime.assign(request, index)
+        return None
+
+    def process_response(
+        self, request: Request, response: Response, spider: Spider | None = None
+    ) -> Response:
+        self._runtime.settle_response(request, response)
+        return response
+
+    def process_exception(
+        self, request: Request, exception: Exception, spider: Spider | None = None
+    ) -> None:
+        self._runtime.settle_exception(request, exception)
+
+
+class SmartRetryMiddleware:
+    """Retries failed requests on a different session."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._core = runtime.core
+        self._priority_adjust = runtime.settings.retry_priority_adjust
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        runtime = _runtime(crawler)
+        if _scrapy_retry_enabled(crawler):
+            logger.warning(
+                "hex_proxy: Scrapy's RetryMiddleware is enabled beside SmartRetryMiddleware, so"
+                " failed requests would be retried twice over (retries would double). Disable it:"
+                " DOWNLOADER_MIDDLEWARES = {%r: None, ...}",
+                _SCRAPY_RETRY,
+            )
+        return cls(runtime)
+
+    def process_response(
+        self, request: Request, response: Response, spider: Spider | None = None
+    ) -> Request | Response:
+        self._runtime.settle_response(request, response)
+        if request.meta.get("dont_retry", False):
+            return response
+        return self._retry(request, response.status, str(response.status)) or response
+
+    def process_exception(
+        self, request: Request, exception: Exception, spider: Spider | None = None
+    ) -> Request | None:
+        runtime = self._runtime
+        if not runtime.settle_exception(request, exception):
+            return None
+        if request.meta.get("dont_retry", False):
+            return None
+        # A CONNECT refused for bad credentials is a 407 like any other.
+        status = runtime.tunnel_status(exception)
+        status = 407 if status == 407 else None
+        return self._retry(request, status, f"{type(exception).__name__}: {exception}")
+
+    def _retry(self, request: Request, status: int | None, reason: str) -> Request | None:
+        meta = request.meta
+        retry_times = meta.get("retry_times", 0)
+        decision = self._core.decide_retry(status, retry_times, meta.get("max_retry_times"))
+        if decision == _core.PASS:
+            return None
+        if decision == _core.GIVE_UP:
+            logger.error(
+                "Gave up retrying %(request)s (failed %(times)d times): %(reason)s",
+                {"request": request, "times": retry_times + 1, "reason": reason},
+            )
+            return None
+        retry = request.replace(dont_filter=True)
+        retry.meta["retry_times"] = retry_times + 1
+        retry.priority = request.priority + meta.get("priority_adjust", self._priority_adjust)
+        logger.debug(
+            "Retrying %(request)s on another session (failed %(times)d times): %(reason)s",
+            {"request": request, "times": retry_times + 1, "reason": reason},
+        )
+        return retry
+
+
+def _scrapy_retry_enabled(crawler: Crawler) -> bool:
+    from scrapy.downloadermiddlewares.retry import RetryMiddleware
+    from scrapy.utils.conf import build_component_list
+    from scrapy.utils.misc import load_object
+
+    settings = crawler.settings
+    if not settings.getbool("RETRY_ENABLED", True):
+        return False
+    getter = getattr(settings, "get_component_priority_dict_with_base", settings.getwithbase)
+    for component in build_component_list(getter("DOWNLOADER_MIDDLEWARES")):
+        cls = load_object(component) if isinstance(component, str) else component
+        if isinstance(cls, type) and issubclass(cls, RetryMiddleware):
+            return True
+    return False

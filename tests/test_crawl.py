@@ -1,0 +1,316 @@
+"""Real Scrapy crawls through the loopback gateway, one per scenario of the contract.
+
+Targets like http://site.test/... are answered by the gateway itself: nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import warnings
+from collections import Counter
+
+import pytest
+import pytest_twisted
+from twisted.internet import task
+
+from scrapy_hexproxy import HexProxyConfigError
+from scrapy_hexproxy._runtime import Runtime
+from scrapy_hexproxy.testing import Behavior, advance_clock
+
+from .conftest import urls
+
+
+def _failures(result) -> int:
+    return sum(v for k, v in result.hex_stats().items() if k.startswith("hex_proxy/failure/"))
+
+
+def _assert_every_page_fetched(result, n, scheme="http"):
+    assert not result.errors, [str(e.value) for e in result.errors]
+    assert sorted(p.url for p in result.pages) == sorted(urls(n, scheme))
+    assert all(p.status == 200 for p in result.pages)
+    # The session the gateway saw is the one in meta, on first attempts and retries alike.
+    assert all(p.gateway_session == p.meta_session for p in result.pages)
+
+
+@pytest.mark.parametrize("concurrency", [1, 8])
+@pytest_twisted.ensureDeferred
+async def test_guide_wiring_blacklists_a_session_that_keeps_failing(
+    crawl, base_settings, hexproxy_gateway, concurrency
+):
+    hexproxy_gateway.set_behavior("s002", Behavior.answer(503))
+    settings = {
+        **base_settings,
+        "HEX_PROXY_SESSION_POOL_SIZE": 4,
+        "HEX_PROXY_MAX_FAILURES": 3,
+        "CONCURRENT_REQUESTS": concurrency,
+    }
+    result = await crawl(settings, urls(60))
+    _assert_every_page_fetched(result, 60)
+    stats = result.hex_stats()
+    sent_to_banned = hexproxy_gateway.count("s002")
+    assert stats["hex_proxy/blacklisted"] == 1
+    # Each attempt counted once: as many failures as the gateway answered 503.
+    assert stats["hex_proxy/failure/503"] == sent_to_banned
+    assert stats["hex_proxy/retry"] == sent_to_banned
+    if concurrency == 1:
+        assert sent_to_banned == 3  # exactly MAX_FAILURES, then never again
+    assert "s002" not in {p.meta_session for p in result.pages}
+    assert stats["hex_proxy/sessions/cooling"] == 1
+    assert stats["hex_proxy/sessions/live"] == 3
+
+
+@pytest.mark.parametrize(
+    "wiring",
+    [
+        {"scrapy_hexproxy.HexProxyMiddleware": 740, "scrapy_hexproxy.SmartRetryMiddleware": 550},
+        {"scrapy_hexproxy.HexProxyMiddleware": 100, "scrapy_hexproxy.SmartRetryMiddleware": 900},
+    ],
+    ids=["proxy-740", "proxy-100-retry-900"],
+)
+@pytest_twisted.ensureDeferred
+async def test_other_orders_blacklist_and_retry_the_same(
+    crawl, base_settings, hexproxy_gateway, wiring
+):
+    hexproxy_gateway.set_behavior("s001", Behavior.answer(429))
+    settings = {
+        **base_settings,
+        "DOWNLOADER_MIDDLEWARES": {
+            "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
+            **wiring,
+        },
+        "HEX_PROXY_SESSION_POOL_SIZE": 3,
+        "HEX_PROXY_MAX_FAILURES": 2,
+        "CONCURRENT_REQUESTS": 1,
+    }
+    result = await crawl(settings, urls(30))
+    _assert_every_page_fetched(result, 30)
+    stats = result.hex_stats()
+    assert hexproxy_gateway.count("s001") == 2
+    assert stats["hex_proxy/failure/429"] == 2
+    assert stats["hex_proxy/blacklisted"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_hexproxy_alone_tracks_failures_without_a_retry_middleware(
+    crawl, base_settings, hexproxy_gateway
+):
+    hexproxy_gateway.set_behavior("s000", Behavior.answer(403))
+    settings = {
+        **base_settings,
+        "DOWNLOADER_MIDDLEWARES": {
+            "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
+            "scrapy_hexproxy.HexProxyMiddleware": 350,
+        },
+        "HEX_PROXY_SESSION_POOL_SIZE": 2,
+        "HEX_PROXY_MAX_FAILURES": 2,
+        "CONCURRENT_REQUESTS": 1,
+    }
+    result = await crawl(settings, urls(20))
+    statuses = Counter(p.status for p in result.pages)
+    assert statuses == {200: 18, 403: 2}  # no retry middleware: the two 403s reach the spider
+    assert result.hex_stats()["hex_proxy/blacklisted"] == 1
+    assert "hex_proxy/retry" not in result.hex_stats()
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest_twisted.ensureDeferred
+async def test_dropped_connection_is_retried_on_another_session_and_counted(
+    crawl, base_settings, hexproxy_gateway, scheme
+):
+    hexproxy_gateway.set_behavior("s001", Behavior.close())
+    settings = {**base_settings, "HEX_PROXY_SESSION_POOL_SIZE": 3, "HEX_PROXY_MAX_FAILURES": 2}
+    result = await crawl(settings, urls(30, scheme))
+    _assert_every_page_fetched(result, 30, scheme)
+    failures = _failures(result)
+    assert failures >= 2
+    # Each failed attempt was counted once and retried once. The gateway may have seen one
+    # request more per attempt: Twisted re-sends a GET once by itself when a reused keep-alive
+    # connection drops before answering, inside the same Scrapy attempt.
+    assert result.hex_stats()["hex_proxy/retry"] == failures
+    assert failures <= hexproxy_gateway.count("s001") <= 2 * failures
+    assert result.hex_stats()["hex_proxy/blacklisted"] == 1
+    assert "s001" not in {p.meta_session for p in result.pages}
+
+
+@pytest_twisted.ensureDeferred
+async def test_timeout_is_retried_on_another_session_and_counted(
+    crawl, base_settings, hexproxy_gateway
+):
+    hexproxy_gateway.set_behavior("s000", Behavior.hang())
+    settings = {
+        **base_settings,
+        "HEX_PROXY_SESSION_POOL_SIZE": 2,
+        "HEX_PROXY_MAX_FAILURES": 1,
+        "DOWNLOAD_TIMEOUT": 0.5,
+    }
+    result = await crawl(settings, urls(10))
+    _assert_every_page_fetched(result, 10)
+    hung = hexproxy_gateway.count("s000")
+    assert hung >= 1
+    assert _failures(result) == hung
+    assert {p.meta_session for p in result.pages} == {"s001"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_connect_tunnel_is_retried_on_another_session_and_counted(
+    crawl, base_settings, hexproxy_gateway
+):
+    hexproxy_gateway.set_behavior("s001", Behavior.answer(403))
+    settings = {**base_settings, "HEX_PROXY_SESSION_POOL_SIZE": 3, "HEX_PROXY_MAX_FAILURES": 2}
+    result = await crawl(settings, urls(30, "https"))
+    _assert_every_page_fetched(result, 30, "https")
+    refused = hexproxy_gateway.count("s001")
+    assert refused >= 2
+    assert result.hex_stats()["hex_proxy/failure/403"] == refused
+    assert result.hex_stats()["hex_proxy/blacklisted"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_connection_is_retried_on_other_sessions_then_reaches_the_errback(
+    crawl, base_settings
+):
+    with socket.socket() as sock:  # a loopback port with nobody listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = {
+        **base_settings,
+        "HEX_PROXY_GATEWAY": f"http://127.0.0.1:{port}",
+        "HEX_PROXY_SESSION_POOL_SIZE": 10,
+        "HEX_PROXY_MAX_FAILURES": 100,
+        "HEX_PROXY_MAX_RETRIES": 3,
+    }
+    result = await crawl(settings, urls(1))
+    assert not result.pages
+    [failure] = result.errors
+    tried = failure.request.meta["_hex_failed"]
+    assert len(tried) == 4 and len(set(tried)) == 4  # every attempt on a different session
+    assert _failures(result) == 4
+    assert result.hex_stats()["hex_proxy/retry/max_exceeded"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_7_when_every_session_is_cooling_requests_wait_and_none_is_dropped(
+    crawl, base_settings, hexproxy_gateway
+):
+    hexproxy_gateway.set_default_behavior(Behavior.answer(503))
+    settings = {
+        **base_settings,
+        "HEX_PROXY_SESSION_POOL_SIZE": 2,
+        "HEX_PROXY_MAX_FAILURES": 1,
+        "HEX_PROXY_BLACKLIST_COOLDOWN": 100,
+        "HEX_PROXY_MANUAL_CLOCK": True,
+        "CONCURRENT_REQUESTS": 4,
+    }
+    seen_waiting = []
+
+    def release_when_all_wait(crawler):
+        # Test-side driver: once requests are parked, the bans lift and the clock jumps.
+        def check():
+            runtime = Runtime.of(crawler)
+            in_downloader = len(crawler.engine.downloader.active)
+            if runtime.waiting and runtime.waiting == in_downloader and not seen_waiting:
+                seen_waiting.append(runtime.waiting)
+                assert runtime.core.live_count == 0
+                hexproxy_gateway.set_default_behavior(Behavior.normal())
+                advance_clock(crawler, 100)
+
+        loop = task.LoopingCall(check)
+
+        def opened(spider):
+            loop.start(0.01)
+
+        def closed(spider, reason):
+            if loop.running:
+                loop.stop()
+
+        from scrapy import signals
+
+        # weak=False: these closures have no other owner.
+        crawler.signals.connect(opened, signal=signals.spider_opened, weak=False)
+        crawler.signals.connect(closed, signal=signals.spider_closed, weak=False)
+
+    result = await crawl(settings, urls(8), before=release_when_all_wait)
+    _assert_every_page_fetched(result, 8)
+    assert seen_waiting and seen_waiting[0] == 4  # every slot of CONCURRENT_REQUESTS waited
+    assert result.hex_stats()["hex_proxy/blacklisted"] == 2
+    assert result.finish_reason == "finished"
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest_twisted.ensureDeferred
+async def test_promise_9_wrong_password_stops_the_crawl_and_is_never_logged(
+    crawl, base_settings, hexproxy_gateway, all_logs, scheme
+):
+    settings = {
+        **base_settings,
+        "HEX_PROXY_PASS": "wr0ng-Secret",
+        "HEX_PROXY_SESSION_POOL_SIZE": 5,
+        "CONCURRENT_REQUESTS": 1,
+    }
+    result = await crawl(settings, urls(20, scheme))
+    assert result.finish_reason == "hex_proxy_auth_failed"
+    assert not [p for p in result.pages if p.status == 200]
+    assert sum(hexproxy_gateway.counts().values()) == 3  # three 407s, then it stopped
+    errors = [r for r in all_logs.records if r.levelno == logging.ERROR and "407" in r.getMessage()]
+    assert len(errors) == 1
+    assert "127.0.0.1" in errors[0].getMessage() and "USER" in errors[0].getMessage()
+    everything = all_logs.text + "\n".join(r.getMessage() for r in all_logs.records)
+    assert "wr0ng-Secret" not in everything
+    assert "wr0ng-Secret" not in str(result.stats)
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_10_gateway_unset_the_crawl_does_not_start(
+    crawl, base_settings, hexproxy_gateway
+):
+    settings = {**base_settings, "HEX_PROXY_GATEWAY": None}
+    with pytest.raises(HexProxyConfigError, match="HEX_PROXY_GATEWAY"):
+        await crawl(settings, urls(3))
+    assert hexproxy_gateway.counts() == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_10_enabled_false_crawls_without_the_middlewares(crawl, base_settings):
+    # Deliberately off: nothing is configured, and no session is assigned. The targets are
+    # loopback URLs with nobody listening, so the attempt fails locally.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = {
+        **base_settings,
+        "HEX_PROXY_ENABLED": False,
+        "HEX_PROXY_GATEWAY": None,
+        "RETRY_ENABLED": False,
+    }
+    result = await crawl(settings, [f"http://127.0.0.1:{port}/"])
+    [failure] = result.errors
+    assert "hex_session" not in failure.request.meta
+    assert not result.hex_stats()
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest_twisted.ensureDeferred
+async def test_promise_3_the_gateway_sees_the_session_in_meta(
+    crawl, base_settings, hexproxy_gateway, scheme
+):
+    for session in ("s000", "s003"):
+        hexproxy_gateway.set_behavior(session, Behavior.answer(502))
+    settings = {**base_settings, "HEX_PROXY_SESSION_POOL_SIZE": 6, "HEX_PROXY_MAX_FAILURES": 50}
+    result = await crawl(settings, urls(40, scheme))
+    _assert_every_page_fetched(result, 40, scheme)
+    assert any(p.retry_times for p in result.pages)  # retries happened and still matched
+    assert {p.meta_session for p in result.pages} <= {"s001", "s002", "s004", "s005"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_13_a_real_crawl_raises_no_deprecation_warning(
+    crawl, base_settings, hexproxy_gateway
+):
+    hexproxy_gateway.set_behavior("s001", Behavior.answer(503))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = await crawl({**base_settings, "HEX_PROXY_SESSION_POOL_SIZE": 3}, urls(10))
+    _assert_every_page_fetched(result, 10)
+    ours = [w for w in caught if "hexproxy" in str(w.filename) or "Hex" in str(w.message)]
+    assert not ours, [str(w.message) for w in ours]

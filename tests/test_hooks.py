@@ -1,0 +1,403 @@
+"""Hook-level tests: the middlewares' methods called with real Scrapy Request/Response objects,
+the way Scrapy's own tests/test_downloadermiddleware_retry.py tests RetryMiddleware."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import warnings
+from collections import Counter
+
+import pytest
+from scrapy import Request
+from scrapy.core.downloader.handlers.http11 import TunnelError
+from scrapy.core.downloader.middleware import DownloaderMiddlewareManager
+from scrapy.exceptions import NotConfigured
+from scrapy.http import Response
+from twisted.internet.error import ConnectionRefusedError as TxConnectionRefusedError
+
+from scrapy_hexproxy import HexProxyConfigError, HexProxyMiddleware, SmartRetryMiddleware
+from scrapy_hexproxy._runtime import advance_clock
+
+from .conftest import runtime_of
+
+
+def _pair(crawler):
+    return HexProxyMiddleware.from_crawler(crawler), SmartRetryMiddleware.from_crawler(crawler)
+
+
+def _send(proxy, url="http://site.test/a", **meta):
+    request = Request(url, meta=meta)
+    assert proxy.process_request(request) is None
+    return request
+
+
+def _user_of(request):
+    value = request.headers[b"Proxy-Authorization"]
+    assert value.startswith(b"Basic ")
+    return base64.b64decode(value[6:]).decode()
+
+
+def test_promise_1_session_ids_are_s_and_three_digits(hook_crawler):
+    proxy, _ = _pair(hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=1001))
+    seen = {_send(proxy).meta["hex_session"] for _ in range(20000)}
+    assert seen <= {f"s{i:03d}" for i in range(1001)}
+    assert {"s000", "s007", "s999", "s1000"} & seen  # formats past 999 too
+    proxy, _ = _pair(hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=4))
+    assert {_send(proxy).meta["hex_session"] for _ in range(200)} == {
+        "s000",
+        "s001",
+        "s002",
+        "s003",
+    }
+
+
+def test_promise_2_pick_is_uniform_among_live_sessions(hook_crawler):
+    proxy, _ = _pair(hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=4))
+    counts = Counter(_send(proxy).meta["hex_session"] for _ in range(8000))
+    assert set(counts) == {"s000", "s001", "s002", "s003"}
+    assert all(1700 < n < 2300 for n in counts.values()), counts
+
+
+def test_promise_2_pick_avoids_sessions_that_failed_this_request(hook_crawler):
+    proxy, retry = _pair(hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=3, HEX_PROXY_MAX_FAILURES=100))
+    for _ in range(50):
+        request = _send(proxy)
+        failed = set()
+        for _attempt in range(2):
+            failed.add(request.meta["hex_session"])
+            response = Response(request.url, status=503, request=request)
+            request = retry.process_response(request, response)
+            assert isinstance(request, Request)
+            assert proxy.process_request(request) is None
+            assert request.meta["hex_session"] not in failed
+        # Every session failed this request: any live one will do rather than none.
+        failed.add(request.meta["hex_session"])
+        request = retry.process_response(
+            request, Response(request.url, status=503, request=request)
+        )
+        assert proxy.process_request(request) is None
+        assert request.meta["hex_session"] in failed
+
+
+def test_promise_3_gateway_user_names_the_session_on_first_attempt_and_retry(hook_crawler):
+    proxy, retry = _pair(hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=50))
+    request = _send(proxy, "https://site.test/secure")
+    assert request.meta["proxy"] == "http://127.0.0.1:7777"
+    assert _user_of(request) == f"USER-session-{request.meta['hex_session']}:s3cr3t-PASS"
+    again = retry.process_response(request, Response(request.url, status=429, request=request))
+    assert isinstance(again, Request)
+    assert proxy.process_request(again) is None
+    assert again.meta["hex_session"] != request.meta["hex_session"]
+    assert _user_of(again) == f"USER-session-{again.meta['hex_session']}:s3cr3t-PASS"
+
+
+@pytest.mark.parametrize("order", ["retry_first", "proxy_first"])
+def test_promise_4_each_attempt_counted_once_whichever_middleware_sees_it(hook_crawler, order):
+    crawler = hook_crawler(HEX_PROXY_MAX_FAILURES=100)
+    proxy, retry = _pair(crawler)
+    request = _send(proxy)
+    response = Response(request.url, status=503, request=request)
+    if order == "retry_first":  # the guide's wiring: retry at 550 sees responses first
+        result = retry.process_response(request, response)
+        assert isinstance(result, Request)
+    else:  # HexProxy at 740: it sees the response first, then the retry middleware
+        assert proxy.process_response(request, response) is response
+        result = retry.process_response(request, response)
+        assert isinstance(result, Request)
+        proxy.process_response(request, response)  # seen again: still counted once
+    assert runtime_of(crawler).core.stats()["hex_proxy/failure/503"] == 1
+
+
+def test_promise_4_outcome_of_an_attempt_we_never_saw_is_still_counted(hook_crawler):
+    # Scrapy's own RetryMiddleware above HexProxy returns a retry copy: we see only the copy.
+    crawler = hook_crawler(HEX_PROXY_MAX_FAILURES=100)
+    proxy, _ = _pair(crawler)
+    request = _send(proxy)
+    retried = request.replace(dont_filter=True)
+    retried.meta["retry_times"] = 1
+    assert proxy.process_request(retried) is None
+    assert runtime_of(crawler).core.stats()["hex_proxy/failure/unobserved"] == 1
+    # A redirect copy (same retry_times) is the previous attempt's success.
+    redirected = retried.replace(url="http://site.test/b")
+    assert proxy.process_request(redirected) is None
+    assert runtime_of(crawler).core.stats()["hex_proxy/failure/unobserved"] == 1
+
+
+@pytest.mark.parametrize(
+    ("outcome", "key"),
+    [
+        (429, "hex_proxy/failure/429"),
+        (403, "hex_proxy/failure/403"),
+        (407, "hex_proxy/failure/407"),
+        (503, "hex_proxy/failure/503"),
+        (599, "hex_proxy/failure/599"),
+        (TxConnectionRefusedError(), "hex_proxy/failure/ConnectionRefusedError"),
+        (OSError("reset"), "hex_proxy/failure/OSError"),
+        (
+            TunnelError("Could not open CONNECT tunnel [{'status': 403, 'reason': b'x'}]"),
+            "hex_proxy/failure/403",
+        ),
+        (
+            TunnelError("Could not open CONNECT tunnel [b'garbage']"),
+            "hex_proxy/failure/TunnelError",
+        ),
+    ],
+)
+def test_promise_5_failures_count_against_the_session(hook_crawler, outcome, key):
+    crawler = hook_crawler()
+    proxy, _ = _pair(crawler)
+    request = _send(proxy)
+    if isinstance(outcome, int):
+        proxy.process_response(request, Response(request.url, status=outcome, request=request))
+    else:
+        assert proxy.process_exception(request, outcome) is None
+    stats = runtime_of(crawler).core.stats()
+    assert {k: v for k, v in stats.items() if k.startswith("hex_proxy/failure/")} == {key: 1}
+
+
+def test_promise_5_scrapy_2_15_download_exceptions_are_failures(hook_crawler):
+    import scrapy.exceptions as sx
+
+    names = [
+        n
+        for n in (
+            "DownloadFailedError",
+            "DownloadTimeoutError",
+            "DownloadConnectionRefusedError",
+            "ResponseDataLossError",
+            "CannotResolveHostError",
+        )
+        if hasattr(sx, n)
+    ]
+    crawler = hook_crawler(HEX_PROXY_MAX_FAILURES=100)
+    proxy, _ = _pair(crawler)
+    for name in names:
+        request = _send(proxy)
+        proxy.process_exception(request, getattr(sx, name)("boom"))
+    stats = runtime_of(crawler).core.stats()
+    assert all(stats[f"hex_proxy/failure/{name}"] == 1 for name in names)
+
+
+def test_promise_5_programming_errors_and_other_statuses_are_not_failures(hook_crawler):
+    crawler = hook_crawler(HEX_PROXY_MAX_FAILURES=2, HEX_PROXY_SESSION_POOL_SIZE=1)
+    proxy, retry = _pair(crawler)
+    core = runtime_of(crawler).core
+    request = _send(proxy)
+    assert retry.process_exception(request, ValueError("bug in a callback")) is None
+    for status in (200, 404, 301):
+        request = _send(proxy)
+        proxy.process_response(request, Response(request.url, status=status, request=request))
+    assert not [k for k in core.stats() if k.startswith("hex_proxy/failure/")]
+    # A success resets the consecutive count: fail, succeed, fail -> not blacklisted at 2.
+    for status in (503, 200, 503):
+        request = _send(proxy)
+        proxy.process_response(request, Response(request.url, status=status, request=request))
+    assert core.cooling_count == 0
+
+
+def test_promise_6_blacklist_after_max_failures_with_one_warning(hook_crawler, caplog):
+    caplog.set_level(logging.WARNING, logger="scrapy_hexproxy")
+    crawler = hook_crawler(
+        HEX_PROXY_SESSION_POOL_SIZE=1, HEX_PROXY_MAX_FAILURES=3, HEX_PROXY_BLACKLIST_COOLDOWN=30
+    )
+    proxy, _ = _pair(crawler)
+    core = runtime_of(crawler).core
+    in_flight = [_send(proxy) for _ in range(5)]  # all on s000, pool of one
+    for request in in_flight:
+        proxy.process_response(request, Response(request.url, status=503, request=request))
+    # The 4th and 5th failures were in flight on a cooling session: no second blacklist.
+    assert core.stats()["hex_proxy/blacklisted"] == 1
+    assert core.stats()["hex_proxy/failure/503"] == 5
+    assert core.cooling_count == 1
+    warnings_logged = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings_logged) == 1
+    assert "s000" in warnings_logged[0].getMessage()
+    advance_clock(crawler, 29.999)
+    assert core.live_count == 0
+    advance_clock(crawler, 0.001)
+    assert core.live_count == 1
+    # Its counter was reset: two more failures don't blacklist it again.
+    for _ in range(2):
+        request = _send(proxy)
+        proxy.process_response(request, Response(request.url, status=503, request=request))
+    assert core.cooling_count == 0
+
+
+def test_promise_7_exhausted_pool_returns_a_wait_not_a_drop(hook_crawler):
+    crawler = hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=1, HEX_PROXY_MAX_FAILURES=1)
+    proxy, _ = _pair(crawler)
+    request = _send(proxy)
+    proxy.process_response(request, Response(request.url, status=503, request=request))
+    waiting = Request("http://site.test/next")
+    pending = proxy.process_request(waiting)
+    assert pending is not None and hasattr(pending, "__await__")  # a coroutine, not a Deferred
+    pending.close()
+
+
+def test_promise_8_retry_is_a_copy_on_a_new_session(hook_crawler):
+    crawler = hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=10)
+    proxy, retry = _pair(crawler)
+    request = _send(proxy)
+    request.priority = 5
+    result = retry.process_response(request, Response(request.url, status=502, request=request))
+    assert isinstance(result, Request) and result is not request
+    assert result.dont_filter is True
+    assert result.meta["retry_times"] == 1
+    assert result.priority == 4  # RETRY_PRIORITY_ADJUST = -1
+    assert result.url == request.url
+    assert runtime_of(crawler).core.stats()["hex_proxy/retry"] == 1
+
+
+def test_promise_8_retry_codes_exceptions_and_dont_retry(hook_crawler):
+    proxy, retry = _pair(hook_crawler())
+    request = _send(proxy)
+    response = Response(request.url, status=404, request=request)
+    assert retry.process_response(request, response) is response
+    request = _send(proxy, dont_retry=True)
+    response = Response(request.url, status=503, request=request)
+    assert retry.process_response(request, response) is response
+    request = _send(proxy)
+    assert isinstance(retry.process_exception(request, TxConnectionRefusedError()), Request)
+    request = _send(proxy)
+    assert retry.process_exception(request, KeyError("bug")) is None
+
+
+@pytest.mark.parametrize("limit_from", ["setting", "meta"])
+def test_promise_8_out_of_retries_the_last_response_goes_to_the_spider(hook_crawler, limit_from):
+    if limit_from == "setting":
+        crawler, meta = hook_crawler(HEX_PROXY_MAX_RETRIES=2), {}
+    else:
+        crawler, meta = hook_crawler(HEX_PROXY_MAX_RETRIES=9), {"max_retry_times": 2}
+    proxy, retry = _pair(crawler)
+    request = _send(proxy, **meta)
+    for _ in range(2):
+        request = retry.process_response(
+            request, Response(request.url, status=503, request=request)
+        )
+        assert isinstance(request, Request)
+        proxy.process_request(request)
+    last = Response(request.url, status=503, request=request)
+    assert retry.process_response(request, last) is last
+    request = _send(proxy, retry_times=2, **meta)
+    assert retry.process_exception(request, TxConnectionRefusedError()) is None  # to the errback
+    stats = runtime_of(crawler).core.stats()
+    assert stats["hex_proxy/retry"] == 2
+    assert stats["hex_proxy/retry/max_exceeded"] == 2
+
+
+def test_promise_9_consecutive_407s_flag_bad_credentials_and_stop_retrying_407(
+    hook_crawler, caplog
+):
+    crawler = hook_crawler(HEX_PROXY_AUTH_FAILURES_TO_CLOSE=3, HEX_PROXY_MAX_FAILURES=100)
+    proxy, retry = _pair(crawler)
+    core = runtime_of(crawler).core
+    for _ in range(2):
+        request = _send(proxy)
+        assert isinstance(
+            retry.process_response(request, Response(request.url, status=407, request=request)),
+            Request,
+        )
+    request = _send(proxy)  # a success in between resets the run of 407s
+    retry.process_response(request, Response(request.url, status=200, request=request))
+    for _ in range(3):
+        request = _send(proxy)
+        response = Response(request.url, status=407, request=request)
+        result = retry.process_response(request, response)
+    assert core.auth_failed
+    assert result is response  # the third 407 is not retried any more
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "127.0.0.1" in errors[0].getMessage() and "'USER'" in errors[0].getMessage()
+
+
+def test_promise_10_gateway_unset_fails_closed(hook_crawler):
+    with pytest.raises(HexProxyConfigError) as info:
+        _pair(hook_crawler(HEX_PROXY_GATEWAY=None))
+    message = str(info.value)
+    assert "HEX_PROXY_GATEWAY" in message and "HEX_PROXY_ENABLED = False" in message
+
+
+def test_promise_10_enabled_false_switches_both_off(hook_crawler):
+    for cls in (HexProxyMiddleware, SmartRetryMiddleware):
+        with pytest.raises(NotConfigured):
+            cls.from_crawler(hook_crawler(HEX_PROXY_ENABLED=False, HEX_PROXY_GATEWAY=None))
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("HEX_PROXY_GATEWAY", "ftp://127.0.0.1:21"),
+        ("HEX_PROXY_GATEWAY", "http://127.0.0.1"),
+        ("HEX_PROXY_GATEWAY", "http://127.0.0.1:99999"),
+        ("HEX_PROXY_GATEWAY", "http://127.0.0.1:7777/path"),
+        ("HEX_PROXY_GATEWAY", 7777),
+        ("HEX_PROXY_USER", ""),
+        ("HEX_PROXY_PASS", None),
+        ("HEX_PROXY_SESSION_POOL_SIZE", 0),
+        ("HEX_PROXY_SESSION_POOL_SIZE", 10_000_001),
+        ("HEX_PROXY_SESSION_POOL_SIZE", "twenty"),
+        ("HEX_PROXY_SESSION_POOL_SIZE", 2.5),
+        ("HEX_PROXY_MAX_FAILURES", 0),
+        ("HEX_PROXY_BLACKLIST_COOLDOWN", -1),
+        ("HEX_PROXY_BLACKLIST_COOLDOWN", "soon"),
+        ("HEX_PROXY_MAX_RETRIES", -1),
+        ("HEX_PROXY_RETRY_CODES", [200, 999]),
+        ("HEX_PROXY_RETRY_CODES", 503),
+        ("HEX_PROXY_FAILURE_CODES", ["x"]),
+        ("HEX_PROXY_AUTH_FAILURES_TO_CLOSE", 0),
+        ("HEX_PROXY_ENABLED", "maybe"),
+    ],
+)
+def test_bad_settings_stop_the_crawl_with_a_message_naming_the_setting(
+    hook_crawler, setting, value
+):
+    with pytest.raises(HexProxyConfigError) as info:
+        _pair(hook_crawler(**{setting: value}))
+    assert setting in str(info.value)
+    assert "s3cr3t-PASS" not in str(info.value)
+
+
+def test_settings_from_the_command_line_are_accepted_as_strings(hook_crawler):
+    crawler = hook_crawler(
+        HEX_PROXY_SESSION_POOL_SIZE="7",
+        HEX_PROXY_BLACKLIST_COOLDOWN="1.5",
+        HEX_PROXY_RETRY_CODES="429,503",
+    )
+    _pair(crawler)
+    assert runtime_of(crawler).core.pool_size == 7
+
+
+def test_promise_11_password_in_no_repr_error_or_stat(hook_crawler):
+    crawler = hook_crawler()
+    proxy, _ = _pair(crawler)
+    core = runtime_of(crawler).core
+    for text in (repr(core), repr(proxy), str(core.stats())):
+        assert "s3cr3t-PASS" not in text
+    with pytest.raises(HexProxyConfigError) as info:
+        _pair(hook_crawler(HEX_PROXY_GATEWAY="http://USER:s3cr3t-PASS@127.0.0.1:7777"))
+    assert "s3cr3t-PASS" not in str(info.value) and "HEX_PROXY_GATEWAY" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+def test_promise_12_warns_once_when_scrapy_retry_is_also_enabled(hook_crawler, caplog):
+    caplog.set_level(logging.WARNING, logger="scrapy_hexproxy")
+    wiring = {
+        "scrapy_hexproxy.HexProxyMiddleware": 350,
+        "scrapy_hexproxy.SmartRetryMiddleware": 550,
+    }
+    SmartRetryMiddleware.from_crawler(hook_crawler(DOWNLOADER_MIDDLEWARES=wiring))
+    doubled = [r for r in caplog.records if "double" in r.getMessage()]
+    assert len(doubled) == 1 and "RetryMiddleware" in doubled[0].getMessage()
+    caplog.clear()
+    SmartRetryMiddleware.from_crawler(hook_crawler())  # the guide's wiring disables it
+    assert not [r for r in caplog.records if "double" in r.getMessage()]
+
+
+def test_promise_13_no_deprecation_warning_from_the_middleware_manager(hook_crawler):
+    crawler = hook_crawler()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        manager = DownloaderMiddlewareManager.from_crawler(crawler)
+    names = {type(mw).__name__ for mw in manager.middlewares}
+    assert {"HexProxyMiddleware", "SmartRetryMiddleware"} <= names
