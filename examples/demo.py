@@ -82,7 +82,9 @@ def main() -> int:
     process = CrawlerProcess(settings)
     crawler = process.create_crawler(ShopSpider)
     process.crawl(crawler, fetched=fetched)
-    logging.getLogger("scrapy_hexproxy").setLevel(logging.WARNING)
+    # The gateway's certificate is self-signed for loopback: Scrapy (which does not verify by
+    # default) would warn about its hostname on every https page.
+    logging.getLogger("scrapy.core.downloader.tls").setLevel(logging.ERROR)
     process.start()
     gateway.stop()
 
@@ -95,6 +97,9 @@ def main() -> int:
         print(f"  {session}: {counts.get(session, 0):3d}  ({what})")
     good = sum(n for s, n in counts.items() if s not in BAD)
     print(f"  others: {good:3d}")
+    print(
+        "  (a dropped keep-alive connection is re-sent once by Twisted itself, inside one attempt)"
+    )
     print("Final hex_proxy/* stats:")
     for key in sorted(k for k in stats if k.startswith("hex_proxy/")):
         print(f"  {key:36s} {stats[key]}")

@@ -118,7 +118,8 @@ async def test_hexproxy_alone_tracks_failures_without_a_retry_middleware(
 async def test_dropped_connection_is_retried_on_another_session_and_counted(
     crawl, base_settings, hexproxy_gateway, scheme
 ):
-    hexproxy_gateway.set_behavior("s001", Behavior.close())
+    # For https the connection drops inside the tunnel: the CONNECT itself is answered.
+    hexproxy_gateway.set_behavior("s001", Behavior.close(tunnel=scheme == "https"))
     settings = {**base_settings, "HEX_PROXY_SESSION_POOL_SIZE": 3, "HEX_PROXY_MAX_FAILURES": 2}
     result = await crawl(settings, urls(30, scheme))
     _assert_every_page_fetched(result, 30, scheme)

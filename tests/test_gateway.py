@@ -315,6 +315,19 @@ def test_connect_terminates_tls_and_attributes_tunnel_requests_to_the_session(
     assert gw.count("s042") == 2
 
 
+def test_close_in_tunnel_opens_the_tunnel_then_drops_the_request_inside(gw: Gateway) -> None:
+    gw.set_behavior("s042", Behavior.close(tunnel=True))
+    conn = tunnel(gw, "s042", "site.test", 443)  # the CONNECT itself is answered 200
+    try:
+        conn.request("GET", "/page/1")
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError, ssl.SSLError)):
+            conn.getresponse()
+    finally:
+        conn.close()
+    assert [(r.kind, r.outcome) for r in gw.records] == [("connect", "ok"), ("tunnel", "closed")]
+    assert gw.count("s042") == 1
+
+
 def test_tunnel_url_keeps_a_non_default_port(gw: Gateway) -> None:
     conn = tunnel(gw, "s001", "site.test", 8443)
     try:

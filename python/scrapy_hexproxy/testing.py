@@ -84,12 +84,14 @@ class Behavior:
     ``"close"`` (read the request, close without a response) or ``"hang"`` (read the request,
     never answer until the client leaves or the gateway stops). With ``seconds`` set, the action
     applies only to requests arriving within ``seconds`` of the moment the behaviour was set;
-    later requests are answered normally.
+    later requests are answered normally. With ``tunnel`` set, a CONNECT is let through and the
+    action applies to the requests inside the tunnel (the origin side failing, not the gateway).
     """
 
     action: str = "ok"
     status: int = 200
     seconds: float | None = None
+    tunnel: bool = False
 
     def __post_init__(self) -> None:
         if self.action not in ("ok", "status", "close", "hang"):
@@ -112,9 +114,13 @@ class Behavior:
         return cls("status", status)
 
     @classmethod
-    def close(cls) -> Behavior:
-        """Read the request, then close the connection without any response."""
-        return cls("close")
+    def close(cls, *, tunnel: bool = False) -> Behavior:
+        """Read the request, then close the connection without any response.
+
+        ``tunnel=True``: open CONNECT tunnels, then drop the requests inside them. (Scrapy
+        2.11 never gives up on a CONNECT the gateway drops unanswered; later versions time out.)
+        """
+        return cls("close", tunnel=tunnel)
 
     @classmethod
     def hang(cls) -> Behavior:
@@ -797,7 +803,7 @@ class Gateway:
             return
         assert session is not None
         behavior = self._action(session)
-        if behavior.action != "ok":
+        if behavior.action != "ok" and not behavior.tunnel:
             # Any refusal ends the connection, whatever the client asked for.
             self._answer(conn, req, "connect", session, username, req.target, True, behavior)
             return
