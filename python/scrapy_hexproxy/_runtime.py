@@ -106,17 +106,29 @@ class Runtime:
         meta[ATTEMPT] = (index, meta.get("retry_times", 0))
         request.headers[b"Proxy-Authorization"] = core.proxy_authorization(index)
 
+    def check_credentials(self) -> None:
+        """Once the gateway has rejected the credentials, nothing more is sent with them."""
+        if self.core.auth_failed:
+            raise IgnoreRequest("scrapy-hexproxy: the gateway rejected the credentials")
+
     async def wait_and_assign(self, request: Request) -> None:
         """Every session is cooling: wait for one to come back, without blocking the reactor."""
         while True:
-            waiter: Deferred[None] = Deferred()
-            self._waiters.append(waiter)
-            self._schedule_wake()
-            await maybe_deferred_to_future(waiter)
+            # Pick before parking too: a session may have come back since process_request.
+            self.check_credentials()
             index = self.core.pick(request.meta.get(FAILED))
             if index is not None:
                 self.assign(request, index)
                 return
+            waiter: Deferred[None] = Deferred(self._forget)
+            self._waiters.append(waiter)
+            self._schedule_wake()
+            await maybe_deferred_to_future(waiter)
+
+    def _forget(self, waiter: Deferred[None]) -> None:
+        """A waiting download was cancelled: stop tracking it."""
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
 
     @property
     def waiting(self) -> int:
@@ -130,7 +142,8 @@ class Runtime:
         self._wake_call = None
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
-            waiter.callback(None)
+            if not waiter.called:
+                waiter.callback(None)
 
     def _schedule_wake(self) -> None:
         if self._wake_call is not None and self._wake_call.active():
@@ -148,19 +161,18 @@ class Runtime:
         new request). A retry means it failed; anything else (a redirect) means it worked."""
         index, retry_times = request.meta.pop(ATTEMPT)
         if request.meta.get("retry_times", 0) > retry_times:
-            self._failed(request, index, self.core.record_exception(index, "unobserved"))
+            self._settled(request, index, self.core.record_exception(index, "unobserved"), True)
         else:
             self.core.record_success(index)
 
     def settle_response(self, request: Request, response: Response) -> None:
         attempt = request.meta.pop(ATTEMPT, None)
-        if attempt is None:
-            return
+        if attempt is None or "cached" in response.flags:
+            return  # a cached response (HttpCacheMiddleware) never went through the session
         index = attempt[0]
         status = response.status
         flags = self.core.record_status(index, status)
-        if status in self.failure_codes:
-            self._failed(request, index, flags)
+        self._settled(request, index, flags, status in self.failure_codes)
 
     def settle_exception(self, request: Request, exception: BaseException) -> bool:
         """Settle the attempt; True when the exception is a transport failure."""
@@ -170,11 +182,13 @@ class Runtime:
         if attempt is not None:
             index = attempt[0]
             status = self.tunnel_status(exception)
-            if status in self.failure_codes:
+            # A refused tunnel's status counts as that status (a 407 always reaches the
+            # credentials check); any other refusal is a TunnelError failure.
+            if status in self.failure_codes or status == 407:
                 flags = self.core.record_status(index, status)
             else:
                 flags = self.core.record_exception(index, type(exception).__name__)
-            self._failed(request, index, flags)
+            self._settled(request, index, flags, True)
         return True
 
     @staticmethod
@@ -188,9 +202,11 @@ class Runtime:
                 return int(found.group(1))
         return None
 
-    def _failed(self, request: Request, index: int, flags: int) -> None:
-        meta = request.meta
-        meta[FAILED] = (*meta.get(FAILED, ()), index)
+    def _settled(self, request: Request, index: int, flags: int, failed: bool) -> None:
+        if failed:
+            failed_before = request.meta.get(FAILED, ())
+            if index not in failed_before:
+                request.meta[FAILED] = (*failed_before, index)
         if flags & _core.BLACKLISTED:
             logger.warning(
                 "hex_proxy: session %s blacklisted for %gs after %d consecutive failures",
@@ -210,10 +226,9 @@ class Runtime:
             self.settings.core_kwargs["auth_failures_to_close"],
             AUTH_FAILED_REASON,
         )
-        # Requests waiting for a session would hold the close up until a cooldown ends.
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.errback(IgnoreRequest("scrapy-hexproxy: the gateway rejected the credentials"))
+        # Requests waiting for a session would hold the close up until a cooldown ends:
+        # wake them, and they give up (check_credentials); so do any that come after.
+        self.wake()
         engine = _late(self.crawler, "engine")
         if engine is None:
             return

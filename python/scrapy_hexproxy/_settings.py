@@ -6,7 +6,7 @@ ranges are checked by the Rust core, whose messages also name the setting.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,7 +37,8 @@ class Gateway:
 @dataclass(frozen=True)
 class HexSettings:
     gateway: Gateway
-    core_kwargs: dict[str, Any]
+    # Holds the password: kept out of the repr.
+    core_kwargs: dict[str, Any] = field(repr=False)
     retry_priority_adjust: int
 
 
@@ -108,18 +109,22 @@ def _text(settings: Any, name: str) -> str:
     return value
 
 
-def _int(settings: Any, name: str, default: int) -> int:
+def _int(settings: Any, name: str, default: int, minimum: int = -(2**63)) -> int:
     value = settings.get(name, default)
-    if isinstance(value, bool):
-        raise HexProxyConfigError(f"{name} must be a whole number, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
         try:
-            return int(value.strip())
+            number = int(value.strip())
         except ValueError:
             pass
-    raise HexProxyConfigError(f"{name} must be a whole number, got {value!r}")
+    if number is None:
+        raise HexProxyConfigError(f"{name} must be a whole number, got {value!r}")
+    # The core checks each setting's own range; this only keeps huge values from reaching it.
+    if not minimum <= number < 2**63:
+        raise HexProxyConfigError(f"{name} is out of range, got {number}")
+    return number
 
 
 def _float(settings: Any, name: str, default: float) -> float:
@@ -180,7 +185,7 @@ def read_settings(settings: Any) -> HexSettings:
         "user": _text(settings, "HEX_PROXY_USER"),
         "password": _text(settings, "HEX_PROXY_PASS"),
         "manual_clock": _bool(settings, "HEX_PROXY_MANUAL_CLOCK"),
-        "seed": None if seed is None else _int(settings, "HEX_PROXY_SEED", 0),
+        "seed": None if seed is None else _int(settings, "HEX_PROXY_SEED", 0, minimum=0),
     }
     return HexSettings(
         gateway=gateway,

@@ -39,7 +39,14 @@ class HexProxyMiddleware:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        return cls(_runtime(crawler))
+        runtime = _runtime(crawler)
+        if runtime.settings.gateway.scheme == "https":
+            logger.warning(
+                "hex_proxy: HEX_PROXY_GATEWAY is an https:// gateway; Scrapy cannot reach"
+                " https:// targets through an HTTPS proxy, only http:// ones. Use the gateway's"
+                " http:// port if you crawl https:// sites."
+            )
+        return cls(runtime)
 
     def process_request(
         self, request: Request, spider: Spider | None = None
@@ -48,6 +55,7 @@ class HexProxyMiddleware:
         meta = request.meta
         if "_hex_attempt" in meta:
             runtime.settle_unobserved(request)
+        runtime.check_credentials()
         index = self._core.pick(meta.get(FAILED))
         if index is None:
             return runtime.wait_and_assign(request)
