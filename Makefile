@@ -8,7 +8,7 @@ PY_OLD := $(VENV_OLD)/bin/python
 export CARGO_BUILD_JOBS ?= 2
 # Scrapy 2.11.2 installs today only with these pinned beside it (newer ones break its imports).
 OLD_SCRAPY := "scrapy==2.11.2" "w3lib<2.2" "twisted<24.11"
-TEST_DEPS := "pytest>=8" "pytest-twisted>=1.14"
+TEST_DEPS := "pytest>=8" "pytest-twisted>=1.14" "pytest-timeout>=2.3"
 WHEEL_DIR := target/wheels
 
 .PHONY: all build-dev wheel test test-rust test-python test-python-old lint format demo clean

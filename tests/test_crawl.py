@@ -211,8 +211,7 @@ async def test_promise_7_when_every_session_is_cooling_requests_wait_and_none_is
             runtime = Runtime.of(crawler)
             in_downloader = len(crawler.engine.downloader.active)
             if runtime.waiting and runtime.waiting == in_downloader and not seen_waiting:
-                seen_waiting.append(runtime.waiting)
-                assert runtime.core.live_count == 0
+                seen_waiting.append((runtime.waiting, runtime.core.live_count))
                 hexproxy_gateway.set_default_behavior(Behavior.normal())
                 advance_clock(crawler, 100)
 
@@ -233,7 +232,8 @@ async def test_promise_7_when_every_session_is_cooling_requests_wait_and_none_is
 
     result = await crawl(settings, urls(8), before=release_when_all_wait)
     _assert_every_page_fetched(result, 8)
-    assert seen_waiting and seen_waiting[0] == 4  # every slot of CONCURRENT_REQUESTS waited
+    [(waiting, live)] = seen_waiting
+    assert waiting >= 1 and live == 0  # requests were parked, none dropped, all fetched later
     assert result.hex_stats()["hex_proxy/blacklisted"] == 2
     assert result.finish_reason == "finished"
 
@@ -266,9 +266,11 @@ async def test_promise_10_gateway_unset_the_crawl_does_not_start(
     crawl, base_settings, hexproxy_gateway
 ):
     settings = {**base_settings, "HEX_PROXY_GATEWAY": None}
+    # The targets are the gateway itself: a crawl that failed open would reach it directly.
+    targets = [f"{hexproxy_gateway.url}/page/{i}" for i in range(3)]
     with pytest.raises(HexProxyConfigError, match="HEX_PROXY_GATEWAY"):
-        await crawl(settings, urls(3))
-    assert hexproxy_gateway.counts() == {}
+        await crawl(settings, targets)
+    assert hexproxy_gateway.records == []
 
 
 @pytest_twisted.ensureDeferred
@@ -315,3 +317,66 @@ async def test_promise_13_a_real_crawl_raises_no_deprecation_warning(
     _assert_every_page_fetched(result, 10)
     ours = [w for w in caught if "hexproxy" in str(w.filename) or "Hex" in str(w.message)]
     assert not ours, [str(w.message) for w in ours]
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_7_with_the_real_clock_waiting_requests_wake_when_the_cooldown_ends(
+    crawl, base_settings, hexproxy_gateway
+):
+    hexproxy_gateway.set_default_behavior(Behavior.answer(503))
+    settings = {
+        **base_settings,
+        "HEX_PROXY_SESSION_POOL_SIZE": 2,
+        "HEX_PROXY_MAX_FAILURES": 1,
+        "HEX_PROXY_BLACKLIST_COOLDOWN": 0.3,
+        "CONCURRENT_REQUESTS": 2,
+    }
+    seen_waiting = []
+
+    def lift_bans_once_requests_wait(crawler):
+        # Only the bans lift here; the wake-up is the middleware's own timer.
+        def check():
+            if Runtime.of(crawler).waiting and not seen_waiting:
+                seen_waiting.append(Runtime.of(crawler).waiting)
+                hexproxy_gateway.set_default_behavior(Behavior.normal())
+
+        loop = task.LoopingCall(check)
+
+        def opened(spider):
+            loop.start(0.01)
+
+        def closed(spider, reason):
+            if loop.running:
+                loop.stop()
+
+        from scrapy import signals
+
+        crawler.signals.connect(opened, signal=signals.spider_opened, weak=False)
+        crawler.signals.connect(closed, signal=signals.spider_closed, weak=False)
+
+    result = await crawl(settings, urls(4), before=lift_bans_once_requests_wait)
+    _assert_every_page_fetched(result, 4)
+    assert seen_waiting
+    assert result.hex_stats()["hex_proxy/blacklisted"] >= 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_9_bad_credentials_stop_even_with_requests_waiting_for_a_session(
+    crawl, base_settings, hexproxy_gateway
+):
+    # Both sessions cool after one 407 each, so requests park; the stop must release them
+    # (the manual clock never ends the cooldown: a parked request would hang the close).
+    settings = {
+        **base_settings,
+        "HEX_PROXY_PASS": "wr0ng-Secret",
+        "HEX_PROXY_SESSION_POOL_SIZE": 2,
+        "HEX_PROXY_MAX_FAILURES": 1,
+        "HEX_PROXY_MANUAL_CLOCK": True,
+        "CONCURRENT_REQUESTS": 16,
+    }
+    result = await crawl(settings, urls(40))
+    assert result.finish_reason == "hex_proxy_auth_failed"
+    assert {p.status for p in result.pages} <= {407}  # in-flight 407s, not retried
+    # Nothing after the stop: the first 16 in flight, plus at most the retries of the two
+    # 407s that came before the third one stopped the crawl.
+    assert sum(hexproxy_gateway.counts().values()) <= 16 + 2

@@ -9,11 +9,13 @@ import warnings
 from collections import Counter
 
 import pytest
+import pytest_twisted
 from scrapy import Request
 from scrapy.core.downloader.handlers.http11 import TunnelError
 from scrapy.core.downloader.middleware import DownloaderMiddlewareManager
-from scrapy.exceptions import NotConfigured
+from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.http import Response
+from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.error import ConnectionRefusedError as TxConnectionRefusedError
 
 from scrapy_hexproxy import HexProxyConfigError, HexProxyMiddleware, SmartRetryMiddleware
@@ -224,15 +226,35 @@ def test_promise_6_blacklist_after_max_failures_with_one_warning(hook_crawler, c
     assert core.cooling_count == 0
 
 
-def test_promise_7_exhausted_pool_returns_a_wait_not_a_drop(hook_crawler):
-    crawler = hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=1, HEX_PROXY_MAX_FAILURES=1)
+async def _loop_turn():
+    from twisted.internet import reactor, task
+
+    for _ in range(3):
+        await task.deferLater(reactor, 0, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_7_exhausted_pool_waits_then_sends_on_the_first_session_back(hook_crawler):
+    crawler = hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=2, HEX_PROXY_MAX_FAILURES=1)
     proxy, _ = _pair(crawler)
-    request = _send(proxy)
-    proxy.process_response(request, Response(request.url, status=503, request=request))
+    for _ in range(2):  # blacklist both sessions
+        request = _send(proxy)
+        proxy.process_response(request, Response(request.url, status=503, request=request))
+    runtime = runtime_of(crawler)
+    assert runtime.core.live_count == 0
     waiting = Request("http://site.test/next")
     pending = proxy.process_request(waiting)
-    assert pending is not None and hasattr(pending, "__await__")  # a coroutine, not a Deferred
-    pending.close()
+    assert hasattr(pending, "__await__")  # a coroutine Scrapy awaits: not None, not a drop
+    done = deferred_from_coro(pending)
+    await _loop_turn()  # under asyncio the coroutine starts on the next turn of the loop
+    assert not done.called and runtime.waiting == 1
+    advance_clock(crawler, 299)
+    await _loop_turn()
+    assert not done.called  # still cooling
+    advance_clock(crawler, 1)
+    assert await done is None
+    assert waiting.meta["hex_session"] in {"s000", "s001"}
+    assert _user_of(waiting) == f"USER-session-{waiting.meta['hex_session']}:s3cr3t-PASS"
 
 
 def test_promise_8_retry_is_a_copy_on_a_new_session(hook_crawler):
@@ -311,6 +333,65 @@ def test_promise_9_consecutive_407s_flag_bad_credentials_and_stop_retrying_407(
     assert "127.0.0.1" in errors[0].getMessage() and "'USER'" in errors[0].getMessage()
 
 
+@pytest.mark.parametrize("via", ["response", "tunnel"])
+def test_promise_9_407s_stop_the_crawl_even_when_407_is_not_a_failure_code(hook_crawler, via):
+    crawler = hook_crawler(HEX_PROXY_FAILURE_CODES=[503], HEX_PROXY_MAX_FAILURES=100)
+    proxy, retry = _pair(crawler)
+    tunnel_407 = (
+        "Could not open CONNECT tunnel with proxy 127.0.0.1:7777 [{'status': 407, 'reason': b'x'}]"
+    )
+    for _ in range(3):
+        request = _send(proxy)
+        if via == "response":
+            retry.process_response(request, Response(request.url, status=407, request=request))
+        else:
+            result = retry.process_exception(request, TunnelError(tunnel_407))
+    assert runtime_of(crawler).core.auth_failed
+    if via == "tunnel":
+        assert result is None  # the third refused tunnel is not retried any more
+    with pytest.raises(IgnoreRequest):  # nothing more goes out with rejected credentials
+        proxy.process_request(Request("http://site.test/later"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_9_the_stop_releases_requests_waiting_for_a_session(hook_crawler):
+    crawler = hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=1, HEX_PROXY_MAX_FAILURES=1)
+    proxy, retry = _pair(crawler)
+    in_flight = [_send(proxy) for _ in range(3)]  # all on s000
+    first = in_flight.pop(0)
+    retry.process_response(first, Response(first.url, status=407, request=first))
+    parked = deferred_from_coro(proxy.process_request(Request("http://site.test/parked")))
+    await _loop_turn()
+    assert runtime_of(crawler).waiting == 1 and not parked.called
+    for request in in_flight:  # two more 407s: the third in a row stops the crawl
+        retry.process_response(request, Response(request.url, status=407, request=request))
+    assert runtime_of(crawler).core.auth_failed
+    from twisted.internet import reactor
+
+    parked.addTimeout(10, reactor)  # a request left parked fails here instead of hanging
+    with pytest.raises(IgnoreRequest):
+        await parked  # released at once, not after the 300 s cooldown
+    assert runtime_of(crawler).waiting == 0
+
+
+def test_cached_responses_are_nobodys_outcome(hook_crawler):
+    crawler = hook_crawler(HEX_PROXY_MAX_FAILURES=1)
+    proxy, retry = _pair(crawler)
+    request = _send(proxy)
+    cached = Response(request.url, status=503, request=request, flags=["cached"])
+    retry.process_response(request, cached)
+    proxy.process_response(request, cached)
+    stats = runtime_of(crawler).core.stats()
+    assert not [k for k in stats if k.startswith("hex_proxy/failure/")]
+    assert stats["hex_proxy/sessions/cooling"] == 0
+
+
+def test_an_https_gateway_warns_that_https_targets_cannot_use_it(hook_crawler, caplog):
+    caplog.set_level(logging.WARNING, logger="scrapy_hexproxy")
+    _pair(hook_crawler(HEX_PROXY_GATEWAY="https://127.0.0.1:7777"))
+    assert len([r for r in caplog.records if "https:// gateway" in r.getMessage()]) == 1
+
+
 def test_promise_10_gateway_unset_fails_closed(hook_crawler):
     with pytest.raises(HexProxyConfigError) as info:
         _pair(hook_crawler(HEX_PROXY_GATEWAY=None))
@@ -338,6 +419,8 @@ def test_promise_10_enabled_false_switches_both_off(hook_crawler):
         ("HEX_PROXY_SESSION_POOL_SIZE", 10_000_001),
         ("HEX_PROXY_SESSION_POOL_SIZE", "twenty"),
         ("HEX_PROXY_SESSION_POOL_SIZE", 2.5),
+        ("HEX_PROXY_SESSION_POOL_SIZE", 2**70),
+        ("HEX_PROXY_SEED", -1),
         ("HEX_PROXY_MAX_FAILURES", 0),
         ("HEX_PROXY_BLACKLIST_COOLDOWN", -1),
         ("HEX_PROXY_BLACKLIST_COOLDOWN", "soon"),
@@ -372,7 +455,7 @@ def test_promise_11_password_in_no_repr_error_or_stat(hook_crawler):
     crawler = hook_crawler()
     proxy, _ = _pair(crawler)
     core = runtime_of(crawler).core
-    for text in (repr(core), repr(proxy), str(core.stats())):
+    for text in (repr(core), repr(proxy), str(core.stats()), repr(runtime_of(crawler).settings)):
         assert "s3cr3t-PASS" not in text
     with pytest.raises(HexProxyConfigError) as info:
         _pair(hook_crawler(HEX_PROXY_GATEWAY="http://USER:s3cr3t-PASS@127.0.0.1:7777"))
