@@ -156,6 +156,36 @@ def hook_crawler(request: pytest.FixtureRequest):
     return make
 
 
+def when_requests_wait(crawler: Any, action: Any, *, every_request: bool = False) -> None:
+    """Call ``action(crawler, runtime)`` once, the first time requests wait for a session
+    (with ``every_request``: once every request in the downloader waits). Polls the reactor
+    every 10 ms during the crawl: the test drives what happens, not how long it takes."""
+    from scrapy import signals
+    from twisted.internet import task
+
+    def check() -> None:
+        runtime = Runtime.of(crawler)
+        parked = runtime.waiting
+        if every_request and parked != len(crawler.engine.downloader.active):
+            return
+        if parked:
+            loop.stop()
+            action(crawler, runtime)
+
+    loop = task.LoopingCall(check)
+
+    def opened(spider: Any) -> None:
+        loop.start(0.01)
+
+    def closed(spider: Any, reason: str) -> None:
+        if loop.running:
+            loop.stop()
+
+    # weak=False: these closures have no other owner.
+    crawler.signals.connect(opened, signal=signals.spider_opened, weak=False)
+    crawler.signals.connect(closed, signal=signals.spider_closed, weak=False)
+
+
 def runtime_of(crawler: Any) -> Runtime:
     return Runtime.of(crawler)
 

@@ -12,13 +12,11 @@ from collections import Counter
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
 
 from scrapy_hexproxy import HexProxyConfigError
-from scrapy_hexproxy._runtime import Runtime
 from scrapy_hexproxy.testing import Behavior, advance_clock
 
-from .conftest import urls
+from .conftest import urls, when_requests_wait
 
 
 def _failures(result) -> int:
@@ -205,30 +203,14 @@ async def test_promise_7_when_every_session_is_cooling_requests_wait_and_none_is
     }
     seen_waiting = []
 
+    def release(crawler, runtime):
+        # Once every request in the downloader is parked, the bans lift and the clock jumps.
+        seen_waiting.append((runtime.waiting, runtime.core.live_count))
+        hexproxy_gateway.set_default_behavior(Behavior.normal())
+        advance_clock(crawler, 100)
+
     def release_when_all_wait(crawler):
-        # Test-side driver: once requests are parked, the bans lift and the clock jumps.
-        def check():
-            runtime = Runtime.of(crawler)
-            in_downloader = len(crawler.engine.downloader.active)
-            if runtime.waiting and runtime.waiting == in_downloader and not seen_waiting:
-                seen_waiting.append((runtime.waiting, runtime.core.live_count))
-                hexproxy_gateway.set_default_behavior(Behavior.normal())
-                advance_clock(crawler, 100)
-
-        loop = task.LoopingCall(check)
-
-        def opened(spider):
-            loop.start(0.01)
-
-        def closed(spider, reason):
-            if loop.running:
-                loop.stop()
-
-        from scrapy import signals
-
-        # weak=False: these closures have no other owner.
-        crawler.signals.connect(opened, signal=signals.spider_opened, weak=False)
-        crawler.signals.connect(closed, signal=signals.spider_closed, weak=False)
+        when_requests_wait(crawler, release, every_request=True)
 
     result = await crawl(settings, urls(8), before=release_when_all_wait)
     _assert_every_page_fetched(result, 8)
@@ -333,26 +315,13 @@ async def test_promise_7_with_the_real_clock_waiting_requests_wake_when_the_cool
     }
     seen_waiting = []
 
-    def lift_bans_once_requests_wait(crawler):
+    def lift_bans(crawler, runtime):
         # Only the bans lift here; the wake-up is the middleware's own timer.
-        def check():
-            if Runtime.of(crawler).waiting and not seen_waiting:
-                seen_waiting.append(Runtime.of(crawler).waiting)
-                hexproxy_gateway.set_default_behavior(Behavior.normal())
+        seen_waiting.append(runtime.waiting)
+        hexproxy_gateway.set_default_behavior(Behavior.normal())
 
-        loop = task.LoopingCall(check)
-
-        def opened(spider):
-            loop.start(0.01)
-
-        def closed(spider, reason):
-            if loop.running:
-                loop.stop()
-
-        from scrapy import signals
-
-        crawler.signals.connect(opened, signal=signals.spider_opened, weak=False)
-        crawler.signals.connect(closed, signal=signals.spider_closed, weak=False)
+    def lift_bans_once_requests_wait(crawler):
+        when_requests_wait(crawler, lift_bans)
 
     result = await crawl(settings, urls(4), before=lift_bans_once_requests_wait)
     _assert_every_page_fetched(result, 4)
