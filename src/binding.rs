@@ -115,6 +115,10 @@ impl Core {
         Ok(self.engine.record_exception(self.index(index)?, reason)?)
     }
 
+    fn record_refusal(&self, index: i64, status: u16) -> PyResult<u32> {
+        Ok(self.engine.record_refusal(self.index(index)?, status)?)
+    }
+
     // `status=None` stands for a transport exception.
     #[pyo3(signature = (status, retry_times, max_retry_times = None))]
     fn decide_retry(

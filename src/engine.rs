@@ -18,8 +18,11 @@ use crate::stats::Stats;
 
 /// Flag of `record_*`: this failure blacklisted the session.
 pub const BLACKLISTED: u32 = 1;
-/// Flag of `record_status`: this 407 reached `auth_failures_to_close` in a row (set once).
+/// Flag of `record_status` / `record_refusal`: this 407 reached `auth_failures_to_close` in a
+/// row (set once).
 pub const AUTH_FAILED: u32 = 2;
+/// Flag of `record_*`: the attempt counted as a failure of its session.
+pub const FAILED: u32 = 4;
 
 #[derive(Debug)]
 pub struct Engine {
@@ -66,8 +69,12 @@ impl Engine {
     }
 
     /// A session for the next attempt, avoiding `exclude` (the sessions that already failed
-    /// this request) where possible; `None` while every session is cooling.
+    /// this request) where possible; `None` while every session is cooling, and for good once
+    /// the gateway has rejected the credentials (nothing more is to be sent with them).
     pub fn pick(&self, exclude: &[u32]) -> Option<u32> {
+        if self.auth_failed() {
+            return None;
+        }
         let mut state = self.state.lock();
         let State { pool, rng } = &mut *state;
         pool.pick(self.clock.now_ns(), exclude, rng)
@@ -79,7 +86,7 @@ impl Engine {
         let failed = self.config.failure_codes.contains(status);
         let mut flags = if failed {
             self.stats.status_failure(status);
-            self.failure(index)
+            self.failure(index) | FAILED
         } else {
             self.state.lock().pool.success(index);
             0
@@ -104,7 +111,23 @@ impl Engine {
     pub fn record_exception(&self, index: u32, reason: &str) -> Result<u32, Error> {
         self.check(index)?;
         self.stats.exception_failure(reason);
-        Ok(self.failure(index))
+        Ok(self.failure(index) | FAILED)
+    }
+
+    /// Counts a CONNECT the gateway refused with `status`: always a failure of the session,
+    /// counted under that status; a 407 also counts against the credentials.
+    pub fn record_refusal(&self, index: u32, status: u16) -> Result<u32, Error> {
+        self.check(index)?;
+        if (100..=599).contains(&status) {
+            self.stats.status_failure(status);
+        } else {
+            self.stats.exception_failure("TunnelError");
+        }
+        let mut flags = self.failure(index) | FAILED;
+        if status == 407 {
+            flags |= self.auth_failure();
+        }
+        Ok(flags)
     }
 
     fn failure(&self, index: u32) -> u32 {
@@ -233,9 +256,9 @@ mod tests {
     fn failure_statuses_blacklist_after_max_failures_and_are_counted() {
         let engine = engine();
         for _ in 0..4 {
-            assert_eq!(engine.record_status(3, 429), Ok(0));
+            assert_eq!(engine.record_status(3, 429), Ok(FAILED));
         }
-        assert_eq!(engine.record_status(3, 503), Ok(BLACKLISTED));
+        assert_eq!(engine.record_status(3, 503), Ok(FAILED | BLACKLISTED));
         assert_eq!(stat(&engine, "hex_proxy/failure/429"), 4);
         assert_eq!(stat(&engine, "hex_proxy/failure/503"), 1);
         assert_eq!(stat(&engine, "hex_proxy/blacklisted"), 1);
@@ -247,7 +270,8 @@ mod tests {
     fn other_statuses_are_successes_that_reset_the_count() {
         let engine = engine();
         for status in [403, 403, 403, 403, 404, 403, 403, 403, 403, 200] {
-            assert_eq!(engine.record_status(0, status), Ok(0));
+            let expected = if status == 403 { FAILED } else { 0 };
+            assert_eq!(engine.record_status(0, status), Ok(expected));
         }
         assert_eq!(stat(&engine, "hex_proxy/failure/404"), 0);
     }
@@ -255,10 +279,10 @@ mod tests {
     #[test]
     fn a_success_without_status_resets_the_count() {
         let engine = engine_with(|s| s.max_failures = 2);
-        assert_eq!(engine.record_status(5, 503), Ok(0));
+        assert_eq!(engine.record_status(5, 503), Ok(FAILED));
         assert_eq!(engine.record_success(5), Ok(()));
-        assert_eq!(engine.record_status(5, 503), Ok(0));
-        assert_eq!(engine.record_status(5, 503), Ok(BLACKLISTED));
+        assert_eq!(engine.record_status(5, 503), Ok(FAILED));
+        assert_eq!(engine.record_status(5, 503), Ok(FAILED | BLACKLISTED));
     }
 
     #[test]
@@ -276,8 +300,11 @@ mod tests {
     #[test]
     fn exceptions_are_failures_named_by_class() {
         let engine = engine_with(|s| s.max_failures = 2);
-        assert_eq!(engine.record_exception(1, "TunnelError"), Ok(0));
-        assert_eq!(engine.record_exception(1, "TimeoutError"), Ok(BLACKLISTED));
+        assert_eq!(engine.record_exception(1, "TunnelError"), Ok(FAILED));
+        assert_eq!(
+            engine.record_exception(1, "TimeoutError"),
+            Ok(FAILED | BLACKLISTED)
+        );
         assert_eq!(stat(&engine, "hex_proxy/failure/TunnelError"), 1);
         assert_eq!(stat(&engine, "hex_proxy/failure/TimeoutError"), 1);
     }
@@ -285,9 +312,9 @@ mod tests {
     #[test]
     fn failures_on_a_cooling_session_are_counted_but_do_not_blacklist_it_again() {
         let engine = engine_with(|s| s.max_failures = 1);
-        assert_eq!(engine.record_status(2, 429), Ok(BLACKLISTED));
-        assert_eq!(engine.record_status(2, 429), Ok(0));
-        assert_eq!(engine.record_exception(2, "TunnelError"), Ok(0));
+        assert_eq!(engine.record_status(2, 429), Ok(FAILED | BLACKLISTED));
+        assert_eq!(engine.record_status(2, 429), Ok(FAILED));
+        assert_eq!(engine.record_exception(2, "TunnelError"), Ok(FAILED));
         assert_eq!(stat(&engine, "hex_proxy/failure/429"), 2);
         assert_eq!(stat(&engine, "hex_proxy/blacklisted"), 1);
     }
@@ -313,19 +340,19 @@ mod tests {
     #[test]
     fn consecutive_407s_fail_auth_once() {
         let engine = engine_with(|s| s.max_failures = 100);
-        assert_eq!(engine.record_status(0, 407), Ok(0));
+        assert_eq!(engine.record_status(0, 407), Ok(FAILED));
         assert_eq!(engine.record_status(1, 200), Ok(0));
-        assert_eq!(engine.record_status(0, 407), Ok(0));
+        assert_eq!(engine.record_status(0, 407), Ok(FAILED));
         assert_eq!(engine.record_success(3), Ok(()));
-        assert_eq!(engine.record_status(0, 407), Ok(0));
+        assert_eq!(engine.record_status(0, 407), Ok(FAILED));
         // Other failures neither reset nor count.
-        assert_eq!(engine.record_status(2, 503), Ok(0));
-        assert_eq!(engine.record_exception(2, "TunnelError"), Ok(0));
-        assert_eq!(engine.record_status(0, 407), Ok(0));
+        assert_eq!(engine.record_status(2, 503), Ok(FAILED));
+        assert_eq!(engine.record_exception(2, "TunnelError"), Ok(FAILED));
+        assert_eq!(engine.record_status(0, 407), Ok(FAILED));
         assert!(!engine.auth_failed());
-        assert_eq!(engine.record_status(1, 407), Ok(AUTH_FAILED));
+        assert_eq!(engine.record_status(1, 407), Ok(FAILED | AUTH_FAILED));
         assert!(engine.auth_failed());
-        assert_eq!(engine.record_status(1, 407), Ok(0));
+        assert_eq!(engine.record_status(1, 407), Ok(FAILED));
     }
 
     #[test]
@@ -334,7 +361,33 @@ mod tests {
             s.max_failures = 1;
             s.auth_failures_to_close = 1;
         });
-        assert_eq!(engine.record_status(0, 407), Ok(BLACKLISTED | AUTH_FAILED));
+        assert_eq!(
+            engine.record_status(0, 407),
+            Ok(FAILED | BLACKLISTED | AUTH_FAILED)
+        );
+    }
+
+    #[test]
+    fn a_refused_tunnel_is_always_a_failure_and_a_407_refusal_counts_against_the_credentials() {
+        let engine = engine_with(|s| {
+            s.failure_codes = vec![503];
+            s.max_failures = 2;
+            s.auth_failures_to_close = 2;
+        });
+        assert_eq!(engine.record_refusal(4, 403), Ok(FAILED));
+        assert_eq!(engine.record_refusal(4, 999), Ok(FAILED | BLACKLISTED));
+        assert_eq!(stat(&engine, "hex_proxy/failure/403"), 1);
+        assert_eq!(stat(&engine, "hex_proxy/failure/TunnelError"), 1);
+        assert_eq!(engine.record_refusal(5, 407), Ok(FAILED));
+        assert_eq!(engine.record_refusal(6, 407), Ok(FAILED | AUTH_FAILED));
+    }
+
+    #[test]
+    fn no_session_is_handed_out_once_the_credentials_are_rejected() {
+        let engine = engine_with(|s| s.auth_failures_to_close = 1);
+        assert!(engine.pick(&[]).is_some());
+        engine.record_status(0, 407).unwrap();
+        assert_eq!(engine.pick(&[]), None);
     }
 
     #[test]

@@ -27,6 +27,8 @@ mod _core {
     #[pymodule_export]
     const AUTH_FAILED: u32 = crate::engine::AUTH_FAILED;
     #[pymodule_export]
+    const FAILED: u32 = crate::engine::FAILED;
+    #[pymodule_export]
     const PASS: u32 = crate::retry::Decision::Pass as u32;
     #[pymodule_export]
     const RETRY: u32 = crate::retry::Decision::Retry as u32;

@@ -334,7 +334,8 @@ def test_promise_9_consecutive_407s_flag_bad_credentials_and_stop_retrying_407(
 
 
 @pytest.mark.parametrize("via", ["response", "tunnel"])
-def test_promise_9_407s_stop_the_crawl_even_when_407_is_not_a_failure_code(hook_crawler, via):
+@pytest_twisted.ensureDeferred
+async def test_promise_9_407s_stop_the_crawl_even_when_407_is_not_a_failure_code(hook_crawler, via):
     crawler = hook_crawler(HEX_PROXY_FAILURE_CODES=[503], HEX_PROXY_MAX_FAILURES=100)
     proxy, retry = _pair(crawler)
     tunnel_407 = (
@@ -349,8 +350,10 @@ def test_promise_9_407s_stop_the_crawl_even_when_407_is_not_a_failure_code(hook_
     assert runtime_of(crawler).core.auth_failed
     if via == "tunnel":
         assert result is None  # the third refused tunnel is not retried any more
+    later = Request("http://site.test/later")
     with pytest.raises(IgnoreRequest):  # nothing more goes out with rejected credentials
-        proxy.process_request(Request("http://site.test/later"))
+        await deferred_from_coro(proxy.process_request(later))
+    assert "hex_session" not in later.meta
 
 
 @pytest_twisted.ensureDeferred

@@ -10,8 +10,12 @@ BLACKLISTED: Final = 1
 """Flag returned by ``record_*``: this failure blacklisted the session."""
 
 AUTH_FAILED: Final = 2
-"""Flag returned by ``record_status``: this 407 reached ``auth_failures_to_close`` in a row.
-Returned once per ``Core``; ``Core.auth_failed`` stays true from then on."""
+"""Flag returned by ``record_status`` / ``record_refusal``: this 407 reached
+``auth_failures_to_close`` in a row. Returned once per ``Core``; ``Core.auth_failed`` stays true
+from then on, and ``pick`` hands out no session any more."""
+
+FAILED: Final = 4
+"""Flag returned by ``record_*``: the attempt counted as a failure of its session."""
 
 PASS: Final = 0
 """``decide_retry``: not a retry case, hand the response or exception on unchanged."""
@@ -55,8 +59,8 @@ class Core:
     def pick(self, exclude: tuple[int, ...] | None = None) -> int | None:
         """A live session chosen uniformly at random, avoiding the sessions in ``exclude`` (those
         that already failed this request) when any other session is live; among all live
-        sessions if every one is excluded. ``None`` when every session is cooling down: see
-        ``next_live_in``."""
+        sessions if every one is excluded. ``None`` when every session is cooling down (see
+        ``next_live_in``), and for good once ``auth_failed``."""
 
     def session_id(self, index: int) -> str:
         """The session's id: ``"s000"``, ``"s007"``, ``"s1234"``."""
@@ -69,8 +73,9 @@ class Core:
         """Count a response on the session. A status in ``failure_codes`` is a failure (stat
         ``hex_proxy/failure/<status>``); any other status is a success that resets the session's
         consecutive failures. A 407 counts towards ``auth_failures_to_close`` whatever the
-        failure codes; a success resets that count. Returns ``BLACKLISTED | AUTH_FAILED``
-        flags. A failure on a session that is already cooling is counted in the stats only."""
+        failure codes; a success resets that count. Returns ``FAILED | BLACKLISTED |
+        AUTH_FAILED`` flags. A failure on a session that is already cooling is counted in the
+        stats only."""
 
     def record_success(self, index: int) -> None:
         """Count an attempt that worked but whose status was not seen (e.g. a redirect):
@@ -78,7 +83,14 @@ class Core:
 
     def record_exception(self, index: int, reason: str) -> int:
         """Count a transport exception on the session as a failure; ``reason`` (the exception
-        class name) names the stat ``hex_proxy/failure/<reason>``. Returns ``BLACKLISTED`` or 0."""
+        class name) names the stat ``hex_proxy/failure/<reason>``. Returns ``FAILED``, with
+        ``BLACKLISTED`` when it blacklisted the session."""
+
+    def record_refusal(self, index: int, status: int) -> int:
+        """Count a CONNECT tunnel the gateway refused with ``status``: always a failure of the
+        session, stat ``hex_proxy/failure/<status>`` (``TunnelError`` outside 100..599); a 407
+        also counts towards ``auth_failures_to_close``. Returns ``FAILED | BLACKLISTED |
+        AUTH_FAILED`` flags."""
 
     def decide_retry(
         self, status: int | None, retry_times: int, max_retry_times: int | None = None

@@ -90,7 +90,6 @@ class Runtime:
             raise HexProxyConfigError(str(exc)) from None
         self.proxy_url = settings.gateway.url
         self.transport_exceptions = _transport_exceptions()
-        self.failure_codes = frozenset(settings.core_kwargs["failure_codes"])
         self._waiters: list[Deferred[None]] = []
         self._wake_call: Any = None
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
@@ -107,7 +106,8 @@ class Runtime:
         request.headers[b"Proxy-Authorization"] = core.proxy_authorization(index)
 
     def check_credentials(self) -> None:
-        """Once the gateway has rejected the credentials, nothing more is sent with them."""
+        """Once the gateway has rejected the credentials, nothing more is sent with them (the
+        core then hands out no session, so requests reach this through ``wait_and_assign``)."""
         if self.core.auth_failed:
             raise IgnoreRequest("scrapy-hexproxy: the gateway rejected the credentials")
 
@@ -161,7 +161,7 @@ class Runtime:
         new request). A retry means it failed; anything else (a redirect) means it worked."""
         index, retry_times = request.meta.pop(ATTEMPT)
         if request.meta.get("retry_times", 0) > retry_times:
-            self._settled(request, index, self.core.record_exception(index, "unobserved"), True)
+            self._settled(request, index, self.core.record_exception(index, "unobserved"))
         else:
             self.core.record_success(index)
 
@@ -169,10 +169,9 @@ class Runtime:
         attempt = request.meta.pop(ATTEMPT, None)
         if attempt is None or "cached" in response.flags:
             return  # a cached response (HttpCacheMiddleware) never went through the session
-        index = attempt[0]
-        status = response.status
-        flags = self.core.record_status(index, status)
-        self._settled(request, index, flags, status in self.failure_codes)
+        flags = self.core.record_status(attempt[0], response.status)
+        if flags:  # a plain success has nothing more to do
+            self._settled(request, attempt[0], flags)
 
     def settle_exception(self, request: Request, exception: BaseException) -> bool:
         """Settle the attempt; True when the exception is a transport failure."""
@@ -182,13 +181,11 @@ class Runtime:
         if attempt is not None:
             index = attempt[0]
             status = self.tunnel_status(exception)
-            # A refused tunnel's status counts as that status (a 407 always reaches the
-            # credentials check); any other refusal is a TunnelError failure.
-            if status in self.failure_codes or status == 407:
-                flags = self.core.record_status(index, status)
-            else:
+            if status is None:
                 flags = self.core.record_exception(index, type(exception).__name__)
-            self._settled(request, index, flags, True)
+            else:
+                flags = self.core.record_refusal(index, status)
+            self._settled(request, index, flags)
         return True
 
     @staticmethod
@@ -202,8 +199,8 @@ class Runtime:
                 return int(found.group(1))
         return None
 
-    def _settled(self, request: Request, index: int, flags: int, failed: bool) -> None:
-        if failed:
+    def _settled(self, request: Request, index: int, flags: int) -> None:
+        if flags & _core.FAILED:
             failed_before = request.meta.get(FAILED, ())
             if index not in failed_before:
                 request.meta[FAILED] = (*failed_before, index)

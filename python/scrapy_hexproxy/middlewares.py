@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.exceptions import NotConfigured
 
 from . import _core
-from ._runtime import FAILED, Runtime
+from ._runtime import ATTEMPT, FAILED, Runtime
 from ._settings import is_enabled
 
 if TYPE_CHECKING:
@@ -53,11 +53,10 @@ class HexProxyMiddleware:
     ) -> Coroutine[Any, Any, None] | None:
         runtime = self._runtime
         meta = request.meta
-        if "_hex_attempt" in meta:
+        if ATTEMPT in meta:
             runtime.settle_unobserved(request)
-        runtime.check_credentials()
         index = self._core.pick(meta.get(FAILED))
-        if index is None:
+        if index is None:  # every session cooling, or the credentials were rejected
             return runtime.wait_and_assign(request)
         runtime.assign(request, index)
         return None
