@@ -9,25 +9,31 @@ use rand::Rng;
 
 use crate::clock::saturating_ns;
 
-/// `pos` value of a session that is cooling down.
-const COOLING: u32 = u32::MAX;
+/// Set in the `pos` of a session that is cooling down. Live positions stay below it (the pool
+/// holds at most 10M sessions), so the other 31 bits are free for the cooldown's end.
+const COOLING: u32 = 1 << 31;
+/// Cooldown ends are kept in 63 bits of nanoseconds: 292 years, as good as never.
+const MAX_UNTIL: u64 = (1 << 63) - 1;
 /// Rejection-sampling tries before the bounded walk. Picks reach this loop only when at least
 /// 3 in 4 live sessions are allowed, so all tries fail with probability below 1e-9.
 const TRIES: usize = 16;
 /// Up to this many live sessions per excluded one, the allowed ones are counted exactly instead.
 const EXACT_RATIO: usize = 4;
 
+/// 16 bytes per session whatever the state: four `u32` arrays (`cooling` has room for all).
 #[derive(Debug)]
 pub struct Pool {
     /// Indices of the live sessions, in no particular order.
     live: Vec<u32>,
-    /// Position of each session in `live`, or `COOLING`.
+    /// Position of each live session in `live`; for a cooling one, `COOLING` and the high bits
+    /// of the time its cooldown ends.
     pos: Vec<u32>,
-    /// Consecutive failures of each session; 0 while cooling.
+    /// Consecutive failures of each live session; the low 32 bits of a cooling one's end.
     fails: Vec<u32>,
-    /// `(until_ns, index)` of the cooling sessions. The cooldown is the same for all and time
-    /// only moves forward, so this is sorted by `until_ns` and expiries pop from the front.
-    cooling: VecDeque<(u64, u32)>,
+    /// The cooling sessions in the order they were blacklisted. The cooldown is the same for
+    /// all and time only moves forward, so that is also the order their cooldowns end in, and
+    /// expiries pop from the front.
+    cooling: VecDeque<u32>,
     max_failures: u32,
     cooldown_ns: u64,
 }
@@ -40,7 +46,9 @@ impl Pool {
             pos: live.clone(),
             live,
             fails: vec![0; size as usize],
-            cooling: VecDeque::new(),
+            // Room for every session, so blacklisting never reallocates. Untouched pages of it
+            // take no resident memory until sessions cool.
+            cooling: VecDeque::with_capacity(size as usize),
             max_failures,
             cooldown_ns: saturating_ns(cooldown),
         }
@@ -92,9 +100,13 @@ impl Pool {
             .expect("more live sessions than excluded ones")
     }
 
-    /// A success resets the consecutive failures (a cooling session has none to reset).
+    /// A success resets the consecutive failures (a cooling session has none to reset, and
+    /// its `fails` slot holds its cooldown's end).
     pub fn success(&mut self, index: u32) {
-        self.fails[index as usize] = 0;
+        let i = index as usize;
+        if self.pos[i] & COOLING == 0 {
+            self.fails[i] = 0;
+        }
     }
 
     /// Counts a failure; returns true when it blacklists the session. A failure on a cooling
@@ -102,23 +114,26 @@ impl Pool {
     pub fn failure(&mut self, index: u32, now: u64) -> bool {
         self.expire(now);
         let i = index as usize;
-        if self.pos[i] == COOLING {
+        if self.pos[i] & COOLING != 0 {
             return false;
         }
         self.fails[i] = self.fails[i].saturating_add(1);
         if self.fails[i] < self.max_failures {
             return false;
         }
-        self.fails[i] = 0;
         let at = self.pos[i] as usize;
         self.live.swap_remove(at);
         if let Some(&moved) = self.live.get(at) {
             self.pos[moved as usize] = at as u32;
         }
-        self.pos[i] = COOLING;
-        let until = now.saturating_add(self.cooldown_ns);
-        debug_assert!(self.cooling.back().is_none_or(|&(last, _)| last <= until));
-        self.cooling.push_back((until, index));
+        let until = now.saturating_add(self.cooldown_ns).min(MAX_UNTIL);
+        debug_assert!(self
+            .cooling
+            .back()
+            .is_none_or(|&last| self.until(last) <= until));
+        self.pos[i] = COOLING | (until >> 32) as u32;
+        self.fails[i] = until as u32;
+        self.cooling.push_back(index);
         true
     }
 
@@ -126,7 +141,7 @@ impl Pool {
     pub fn next_live_in(&mut self, now: u64) -> Duration {
         self.expire(now);
         match self.cooling.front() {
-            Some(&(until, _)) if self.live.is_empty() => Duration::from_nanos(until - now),
+            Some(&index) if self.live.is_empty() => Duration::from_nanos(self.until(index) - now),
             _ => Duration::ZERO,
         }
     }
@@ -143,16 +158,24 @@ impl Pool {
 
     pub fn is_cooling(&mut self, index: u32, now: u64) -> bool {
         self.expire(now);
-        self.pos[index as usize] == COOLING
+        self.pos[index as usize] & COOLING != 0
+    }
+
+    /// When the cooldown of a cooling session ends.
+    fn until(&self, index: u32) -> u64 {
+        let i = index as usize;
+        (u64::from(self.pos[i] & !COOLING) << 32) | u64::from(self.fails[i])
     }
 
     /// Brings back every session whose cooldown ended at or before `now`.
     fn expire(&mut self, now: u64) {
-        while let Some(&(until, index)) = self.cooling.front() {
-            if until > now {
+        while let Some(&index) = self.cooling.front() {
+            if self.until(index) > now {
                 break;
             }
             self.cooling.pop_front();
+            // Back with a clean slate: no failures, a position in `live`.
+            self.fails[index as usize] = 0;
             self.pos[index as usize] = self.live.len() as u32;
             // Never reallocates: `live` was built with room for the whole pool.
             self.live.push(index);
@@ -184,16 +207,15 @@ mod tests {
         for (at, &index) in pool.live.iter().enumerate() {
             assert_eq!(pool.pos[index as usize] as usize, at);
         }
-        for &(_, index) in &pool.cooling {
-            assert_eq!(pool.pos[index as usize], COOLING);
-            assert_eq!(pool.fails[index as usize], 0);
+        for &index in &pool.cooling {
+            assert_ne!(pool.pos[index as usize] & COOLING, 0);
         }
         assert_eq!(pool.live.len() + pool.cooling.len(), pool.pos.len());
         assert!(pool
             .cooling
             .iter()
             .zip(pool.cooling.iter().skip(1))
-            .all(|(a, b)| a.0 <= b.0));
+            .all(|(&a, &b)| pool.until(a) <= pool.until(b)));
     }
 
     /// How often each session is picked in `picks` picks.
@@ -353,20 +375,54 @@ mod tests {
     }
 
     #[test]
-    fn a_million_sessions_with_a_tenth_cooling_fit_in_sixteen_bytes_each() {
+    fn a_success_in_flight_on_a_cooling_session_keeps_its_cooldown() {
+        let mut pool = pool(2, 1, 10);
+        assert!(pool.failure(0, SEC));
+        pool.success(0);
+        assert!(pool.is_cooling(0, 11 * SEC - 1));
+        assert!(!pool.is_cooling(0, 11 * SEC));
+        assert_consistent(&pool);
+    }
+
+    #[test]
+    fn cooldown_ends_past_four_seconds_of_nanoseconds_and_forever_are_kept() {
+        // The end is split over two u32 slots: check times beyond 2^32 ns and the cap.
+        let mut pool = Pool::new(3, 1, Duration::from_secs(7));
+        let late = 3 * (1 << 32) + 12_345;
+        assert!(pool.failure(1, late));
+        assert_eq!(pool.until(1), late + 7 * SEC);
+        let mut forever = Pool::new(1, 1, Duration::MAX);
+        assert!(forever.failure(0, late));
+        assert_eq!(forever.until(0), MAX_UNTIL);
+        assert!(forever.is_cooling(0, MAX_UNTIL - 1));
+        assert_eq!(forever.live_count(u64::MAX), 1);
+    }
+
+    #[test]
+    fn a_million_sessions_fit_in_sixteen_bytes_each_live_or_cooling() {
         const SIZE: u32 = 1_000_000;
         let mut pool = pool(SIZE, 1, 300);
+        let bytes = |pool: &Pool| {
+            4 * (pool.live.capacity()
+                + pool.pos.capacity()
+                + pool.fails.capacity()
+                + pool.cooling.capacity())
+        };
+        assert!(bytes(&pool) <= 16 * SIZE as usize, "{} bytes", bytes(&pool));
         let mut rng = rng();
         for index in (0..SIZE).step_by(10) {
             pool.failure(index, 0);
         }
-        assert_eq!(pool.cooling_count(0), SIZE / 10);
         let index = pool.pick(0, &[1, 2, 3], &mut rng).unwrap();
         assert!(index % 10 != 0 && index > 3);
-        let bytes = 4 * (pool.live.capacity() + pool.pos.capacity() + pool.fails.capacity())
-            + 16 * pool.cooling.capacity();
-        assert!(bytes <= 16 * SIZE as usize, "{bytes} bytes");
-        assert_eq!(pool.live_count(300 * SEC), SIZE);
+        // The worst case: every session cooling. Nothing grew.
+        for index in 0..SIZE {
+            pool.failure(index, SEC);
+        }
+        assert_eq!(pool.cooling_count(SEC), SIZE);
+        assert!(bytes(&pool) <= 16 * SIZE as usize, "{} bytes", bytes(&pool));
+        assert_consistent(&pool);
+        assert_eq!(pool.live_count(301 * SEC), SIZE);
         assert_consistent(&pool);
     }
 }
