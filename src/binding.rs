@@ -198,6 +198,10 @@ impl Core {
 }
 
 impl Core {
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Python ints are unbounded; anything that is not a u32 is out of range too.
     fn index(&self, index: i64) -> Result<u32, Error> {
         u32::try_from(index).map_err(|_| Error::IndexOutOfRange {

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::pool::Pool;
 use crate::retry::{Cause, Decision, RetryPolicy};
-use crate::session::session_id;
+use crate::session::SessionId;
 use crate::stats::Stats;
 
 /// Flag of `record_*`: this failure blacklisted the session.
@@ -172,6 +172,12 @@ impl Engine {
         decision
     }
 
+    /// Whether a response with this status may be retried at all: the retry middleware's
+    /// fast path hands every other response on without asking `decide_retry`.
+    pub fn may_retry(&self, status: u16) -> bool {
+        self.retry.may_retry(status)
+    }
+
     /// How long until a session is live: zero if one is live now.
     pub fn next_live_in(&self) -> Duration {
         let mut state = self.state.lock();
@@ -195,8 +201,13 @@ impl Engine {
     }
 
     pub fn session_id(&self, index: u32) -> Result<String, Error> {
+        Ok(self.session(index)?.as_str().to_owned())
+    }
+
+    /// The session's id, without allocating.
+    pub fn session(&self, index: u32) -> Result<SessionId, Error> {
         self.check(index)?;
-        Ok(session_id(index))
+        Ok(SessionId::new(index))
     }
 
     pub fn proxy_authorization(&self, index: u32) -> Result<String, Error> {

@@ -12,6 +12,8 @@ pub mod stats;
 
 #[cfg(feature = "python")]
 mod binding;
+#[cfg(feature = "python")]
+mod hooks;
 
 /// Native core of scrapy_hexproxy: the session pool, retry policy and stats.
 #[cfg(feature = "python")]
@@ -21,6 +23,8 @@ mod _core {
 
     #[pymodule_export]
     use crate::binding::Core;
+    #[pymodule_export]
+    use crate::hooks::{ProxyHooks, RetryHooks};
 
     #[pymodule_export]
     const BLACKLISTED: u32 = crate::engine::BLACKLISTED;

@@ -34,6 +34,11 @@ impl RetryPolicy {
         }
     }
 
+    /// False when `decide` would pass a response with this status whatever the request.
+    pub fn may_retry(&self, status: u16) -> bool {
+        self.retry_codes.contains(status)
+    }
+
     /// `retry_times_done` is the request's `retry_times` meta (0 on the first attempt);
     /// `max_retry_times` its `max_retry_times` meta, which overrides the configured maximum.
     pub fn decide(

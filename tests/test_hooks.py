@@ -487,3 +487,53 @@ def test_promise_13_no_deprecation_warning_from_the_middleware_manager(hook_craw
         manager = DownloaderMiddlewareManager.from_crawler(crawler)
     names = {type(mw).__name__ for mw in manager.middlewares}
     assert {"HexProxyMiddleware", "SmartRetryMiddleware"} <= names
+
+
+# -- the core's fast path: reading the request's slots instead of its properties -------------
+
+
+def test_fast_path_is_used_on_the_scrapy_versions_that_make_headers_lazily(hook_crawler):
+    import scrapy
+    from packaging.version import Version
+    from scrapy.http.headers import Headers
+
+    crawler = hook_crawler()
+    _pair(crawler)
+    runtime = runtime_of(crawler)
+    lazy = Version(scrapy.__version__) >= Version("2.13")  # 2.19 here; 2.11.2 is eager
+    assert runtime.fresh_headers_type is (Headers if lazy else None)
+
+
+@pytest.mark.parametrize("given", ["nothing", "headers and meta"])
+def test_headers_and_meta_written_by_the_core_behave_as_scrapys_own(hook_crawler, given):
+    proxy, _ = _pair(hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=1))
+    if given == "nothing":
+        request = Request("http://site.test/a", encoding="latin-1")
+    else:
+        request = Request(
+            "http://site.test/a",
+            headers={"Accept": "text/html", "proxy-authorization": "stale"},
+            meta={"mine": 1},
+            encoding="latin-1",
+        )
+    assert proxy.process_request(request) is None
+    expected = b"Basic " + base64.b64encode(b"USER-session-s000:s3cr3t-PASS")
+    headers = request.headers
+    # Every way of reading the header sees one value, whatever case the key is asked in.
+    assert headers[b"Proxy-Authorization"] == expected
+    assert headers.get("proxy-authorization") == expected
+    assert headers.getlist("PROXY-AUTHORIZATION") == [expected]
+    assert "Proxy-Authorization" in headers
+    assert headers.encoding == "latin-1"
+    assert request.meta["proxy"] == "http://127.0.0.1:7777"
+    assert request.meta["hex_session"] == "s000"
+    # Writes through Scrapy's own API still normalise, and copies carry everything.
+    headers["x-later"] = "yes"
+    assert headers[b"X-Later"] == b"yes"
+    copy = request.replace(url="http://site.test/b")
+    assert copy.headers[b"Proxy-Authorization"] == expected
+    assert copy.meta["hex_session"] == "s000"
+    if given == "headers and meta":
+        assert headers[b"Accept"] == b"text/html"
+        assert request.meta["mine"] == 1
+        assert len(headers.getlist(b"Proxy-Authorization")) == 1  # replaced, not appended

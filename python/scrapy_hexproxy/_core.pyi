@@ -1,7 +1,11 @@
 """Native core of scrapy_hexproxy: the session pool, retry policy and stats."""
 
-from collections.abc import Sequence
-from typing import Final, final
+from collections.abc import Coroutine, Sequence
+from typing import Any, Final, Protocol, final
+
+from scrapy import Request, Spider
+from scrapy.http import Response
+from typing_extensions import Self
 
 __version__: Final[str]
 """Version of the package, from Cargo.toml."""
@@ -140,3 +144,44 @@ class Core:
     @property
     def user(self) -> str:
         """The gateway user (``HEX_PROXY_USER``); the password is never exposed."""
+
+class _Runtime(Protocol):
+    """What the hooks need of ``scrapy_hexproxy._runtime.Runtime``."""
+
+    core: Core
+    proxy_url: str
+    fresh_headers_type: type | None
+
+class ProxyHooks:
+    """The per-request hooks of ``HexProxyMiddleware``, which subclasses this.
+
+    The subclass keeps the runtime in ``self._runtime``; the hooks call its
+    ``settle_unobserved``, ``wait_and_assign`` and ``_settled`` on the rare paths.
+    """
+
+    def __new__(cls, runtime: _Runtime) -> Self: ...
+    def process_request(
+        self, request: Request, spider: Spider | None = None
+    ) -> Coroutine[Any, Any, None] | None:
+        """Give the attempt a session: ``meta["proxy"]``, ``meta["hex_session"]``, the attempt
+        token and the ``Proxy-Authorization`` header. With no live session, return the
+        runtime's coroutine that waits for one."""
+
+    def process_response(
+        self, request: Request, response: Response, spider: Spider | None = None
+    ) -> Response:
+        """Count the response against the attempt's session (once; never a cached one)."""
+
+    def assign(self, request: Request, index: int) -> None:
+        """Send the attempt through session ``index``."""
+
+class RetryHooks:
+    """The per-response hook of ``SmartRetryMiddleware``, which subclasses this and provides
+    ``_retry(request, status, reason) -> Request | None`` and ``self._runtime``."""
+
+    def __new__(cls, runtime: _Runtime) -> Self: ...
+    def process_response(
+        self, request: Request, response: Response, spider: Spider | None = None
+    ) -> Request | Response:
+        """Count the response as ``ProxyHooks.process_response`` does; for a status in the
+        retry codes (and no ``dont_retry``) return ``self._retry(...)`` or the response."""

@@ -1,22 +1,25 @@
-"""The two downloader middlewares. They speak Scrapy; the decisions are the Rust core's."""
+"""The two downloader middlewares. They speak Scrapy; the decisions are the Rust core's.
+
+The hooks Scrapy calls for every request and response (``process_request``, ``process_response``)
+are inherited from the core (``_core.ProxyHooks``, ``_core.RetryHooks``) so that the per-request
+path runs no Python frame; they call back into the methods here and into the runtime for the
+rare cases (a failure, a retry, a wait for a session).
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from scrapy.exceptions import NotConfigured
 
 from . import _core
-from ._runtime import ATTEMPT, FAILED, Runtime
+from ._runtime import Runtime
 from ._settings import is_enabled
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
-
     from scrapy import Request, Spider
     from scrapy.crawler import Crawler
-    from scrapy.http import Response
     from typing_extensions import Self
 
 logger = logging.getLogger("scrapy_hexproxy")
@@ -30,12 +33,14 @@ def _runtime(crawler: Crawler) -> Runtime:
     return Runtime.of(crawler)
 
 
-class HexProxyMiddleware:
-    """Gives every download attempt a sticky gateway session and tracks each session's health."""
+class HexProxyMiddleware(_core.ProxyHooks):
+    """Gives every download attempt a sticky gateway session and tracks each session's health.
+
+    ``process_request`` and ``process_response`` come from the core.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._core = runtime.core
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -48,33 +53,17 @@ class HexProxyMiddleware:
             )
         return cls(runtime)
 
-    def process_request(
-        self, request: Request, spider: Spider | None = None
-    ) -> Coroutine[Any, Any, None] | None:
-        runtime = self._runtime
-        meta = request.meta
-        if ATTEMPT in meta:
-            runtime.settle_unobserved(request)
-        index = self._core.pick(meta.get(FAILED))
-        if index is None:  # every session cooling, or the credentials were rejected
-            return runtime.wait_and_assign(request)
-        runtime.assign(request, index)
-        return None
-
-    def process_response(
-        self, request: Request, response: Response, spider: Spider | None = None
-    ) -> Response:
-        self._runtime.settle_response(request, response)
-        return response
-
     def process_exception(
         self, request: Request, exception: Exception, spider: Spider | None = None
     ) -> None:
         self._runtime.settle_exception(request, exception)
 
 
-class SmartRetryMiddleware:
-    """Retries failed requests on a different session."""
+class SmartRetryMiddleware(_core.RetryHooks):
+    """Retries failed requests on a different session.
+
+    ``process_response`` comes from the core; it calls ``_retry`` for a status it may retry.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -92,14 +81,6 @@ class SmartRetryMiddleware:
                 _SCRAPY_RETRY,
             )
         return cls(runtime)
-
-    def process_response(
-        self, request: Request, response: Response, spider: Spider | None = None
-    ) -> Request | Response:
-        self._runtime.settle_response(request, response)
-        if request.meta.get("dont_retry", False):
-            return response
-        return self._retry(request, response.status, str(response.status)) or response
 
     def process_exception(
         self, request: Request, exception: Exception, spider: Spider | None = None

@@ -1,0 +1,278 @@
+//! The hooks Scrapy calls on every request and response, in Rust so that the per-request path
+//! runs no Python frame of ours. The public middlewares (`middlewares.py`) subclass these and
+//! add everything else; the rare paths (an unobserved attempt, a failure to act on, a retry to
+//! build, a wait for a session) call back into the Python runtime, which the subclass keeps in
+//! `self._runtime`. Kept there, not here, the garbage collector sees the reference (the runtime
+//! refers back to the crawler, which refers to the middlewares).
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
+
+use crate::binding::Core;
+
+/// Meta key of the attempt in flight: `(session index, retry_times when it was sent)`.
+const ATTEMPT: &str = "_hex_attempt";
+/// Meta key of the session indices that already failed this request.
+const FAILED: &str = "_hex_failed";
+/// Meta key of the public session id of the attempt.
+const SESSION: &str = "hex_session";
+
+/// What both hook classes share: the core and what `assign` writes. Nothing here refers back
+/// to Python objects that could form a cycle.
+struct Shared {
+    core: Py<Core>,
+    /// The gateway URL without credentials, for `meta["proxy"]`.
+    proxy_url: Py<PyString>,
+    /// Scrapy's `Headers`, when the runtime found that the request keeps its meta, headers
+    /// and encoding in the slots `_meta`, `_headers` and `_encoding` (None until first use)
+    /// and that headers can be made without running `Headers.__init__` (Scrapy >= 2.13).
+    /// `None`: always go through the public `request.meta` and `request.headers`.
+    fresh_headers: Option<Py<PyType>>,
+    /// `dict.__new__`, which makes the fresh headers.
+    dict_new: Py<PyAny>,
+    /// The header's name as `Headers` normalises it.
+    header_name: Py<PyBytes>,
+}
+
+impl Shared {
+    fn new(runtime: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let py = runtime.py();
+        let fresh = runtime.getattr("fresh_headers_type")?;
+        Ok(Self {
+            core: runtime.getattr("core")?.cast_into::<Core>()?.unbind(),
+            proxy_url: runtime
+                .getattr("proxy_url")?
+                .cast_into::<PyString>()?
+                .unbind(),
+            fresh_headers: if fresh.is_none() {
+                None
+            } else {
+                Some(fresh.cast_into::<PyType>()?.unbind())
+            },
+            dict_new: py.get_type::<PyDict>().getattr("__new__")?.unbind(),
+            header_name: PyBytes::new(py, b"Proxy-Authorization").unbind(),
+        })
+    }
+
+    /// Sends this attempt through session `index`: the proxy and session in meta, the
+    /// session's credentials in the `Proxy-Authorization` header.
+    fn assign(
+        &self,
+        py: Python<'_>,
+        request: &Bound<'_, PyAny>,
+        meta: &Bound<'_, PyDict>,
+        index: u32,
+    ) -> PyResult<()> {
+        let engine = self.core.get().engine();
+        let retry_times = match meta.get_item(intern!(py, "retry_times"))? {
+            Some(times) => times,
+            None => 0_u32.into_pyobject(py)?.into_any(),
+        };
+        meta.set_item(intern!(py, "proxy"), self.proxy_url.bind(py))?;
+        let id = engine.session(index)?;
+        meta.set_item(intern!(py, SESSION), PyString::new(py, id.as_str()))?;
+        meta.set_item(
+            intern!(py, ATTEMPT),
+            PyTuple::new(py, [index.into_pyobject(py)?.into_any(), retry_times])?,
+        )?;
+        let credentials = &engine.config().credentials;
+        let header = PyBytes::new_with(py, credentials.proxy_authorization_len(index), |out| {
+            credentials.write_proxy_authorization(index, out);
+            Ok(())
+        })?;
+        // The key as `Headers` normalises it, stored as `Headers.__setitem__` would (a list of
+        // bytes) without running its normalisation: the value is already bytes.
+        let headers = self.headers(py, request)?;
+        headers.set_item(self.header_name.bind(py), PyList::new(py, [header])?)
+    }
+
+    fn meta<'py>(&self, request: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+        let py = request.py();
+        if self.fresh_headers.is_some() {
+            let current = request.getattr(intern!(py, "_meta"))?;
+            if !current.is_none() {
+                return Ok(current.cast_into::<PyDict>()?);
+            }
+            let fresh = PyDict::new(py);
+            request.setattr(intern!(py, "_meta"), &fresh)?;
+            return Ok(fresh);
+        }
+        Ok(request
+            .getattr(intern!(py, "meta"))?
+            .cast_into::<PyDict>()?)
+    }
+
+    fn headers<'py>(
+        &self,
+        py: Python<'py>,
+        request: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        if let Some(headers_type) = &self.fresh_headers {
+            let current = request.getattr(intern!(py, "_headers"))?;
+            if !current.is_none() {
+                return Ok(current.cast_into::<PyDict>()?);
+            }
+            let headers_type = headers_type.bind(py);
+            let fresh = self.dict_new.bind(py).call1((headers_type,))?;
+            fresh.setattr(
+                intern!(py, "encoding"),
+                request.getattr(intern!(py, "_encoding"))?,
+            )?;
+            request.setattr(intern!(py, "_headers"), &fresh)?;
+            return Ok(fresh.cast_into::<PyDict>()?);
+        }
+        Ok(request
+            .getattr(intern!(py, "headers"))?
+            .cast_into::<PyDict>()?)
+    }
+
+    /// Counts the response against the attempt's session, unless another middleware did it
+    /// already (the attempt token is gone) or it came from the cache. Returns the meta.
+    fn settle_response<'py>(
+        &self,
+        owner: &Bound<'py, PyAny>,
+        request: &Bound<'py, PyAny>,
+        response: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyDict>, u16)> {
+        let py = owner.py();
+        let meta = self.meta(request)?;
+        let status = status_of(py, response)?;
+        let key = intern!(py, ATTEMPT);
+        let Some(attempt) = meta.get_item(key)? else {
+            return Ok((meta, status));
+        };
+        meta.del_item(key)?;
+        // A cached response (HttpCacheMiddleware) never went through the session.
+        if response
+            .getattr(intern!(py, "flags"))?
+            .contains(intern!(py, "cached"))?
+        {
+            return Ok((meta, status));
+        }
+        let index: u32 = attempt.cast::<PyTuple>()?.get_item(0)?.extract()?;
+        let flags = self.core.get().engine().record_status(index, status)?;
+        if flags != 0 {
+            runtime_of(owner)?.call_method1(intern!(py, "_settled"), (request, index, flags))?;
+        }
+        Ok((meta, status))
+    }
+}
+
+fn runtime_of<'py>(owner: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    owner.getattr(intern!(owner.py(), "_runtime"))
+}
+
+/// Statuses beyond u16 are in no status set: they count as what they are, successes.
+fn status_of(py: Python<'_>, response: &Bound<'_, PyAny>) -> PyResult<u16> {
+    let status: i64 = response.getattr(intern!(py, "status"))?.extract()?;
+    Ok(status.clamp(0, u16::MAX.into()) as u16)
+}
+
+/// The per-request hooks of `HexProxyMiddleware`.
+#[pyclass(subclass, frozen, module = "scrapy_hexproxy._core")]
+pub struct ProxyHooks {
+    shared: Shared,
+}
+
+#[pymethods]
+impl ProxyHooks {
+    #[new]
+    fn new(runtime: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Ok(Self {
+            shared: Shared::new(runtime)?,
+        })
+    }
+
+    /// Gives the attempt a session; when none is live, returns the coroutine that waits for one.
+    #[pyo3(signature = (request, spider = None))]
+    fn process_request<'py>(
+        slf: &Bound<'py, Self>,
+        request: &Bound<'py, PyAny>,
+        spider: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let _ = spider;
+        let py = slf.py();
+        let shared = &slf.get().shared;
+        let meta = shared.meta(request)?;
+        if meta.contains(intern!(py, ATTEMPT))? {
+            runtime_of(slf.as_any())?.call_method1(intern!(py, "settle_unobserved"), (request,))?;
+        }
+        let engine = shared.core.get().engine();
+        let picked = match meta.get_item(intern!(py, FAILED))? {
+            None => engine.pick(&[]),
+            Some(failed) => engine.pick(&failed.extract::<Vec<u32>>()?),
+        };
+        match picked {
+            Some(index) => {
+                shared.assign(py, request, &meta, index)?;
+                Ok(None)
+            }
+            // Every session is cooling, or the credentials were rejected.
+            None => Ok(Some(runtime_of(slf.as_any())?.call_method1(
+                intern!(py, "wait_and_assign"),
+                (request, slf.getattr(intern!(py, "assign"))?),
+            )?)),
+        }
+    }
+
+    #[pyo3(signature = (request, response, spider = None))]
+    fn process_response<'py>(
+        slf: &Bound<'py, Self>,
+        request: &Bound<'py, PyAny>,
+        response: Bound<'py, PyAny>,
+        spider: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = spider;
+        slf.get()
+            .shared
+            .settle_response(slf.as_any(), request, &response)?;
+        Ok(response)
+    }
+
+    /// Sends the attempt through session `index` (the runtime calls this once a wait ends).
+    fn assign(&self, py: Python<'_>, request: &Bound<'_, PyAny>, index: u32) -> PyResult<()> {
+        self.shared
+            .assign(py, request, &self.shared.meta(request)?, index)
+    }
+}
+
+/// The per-response hook of `SmartRetryMiddleware`; the subclass builds the retries (`_retry`).
+#[pyclass(subclass, frozen, module = "scrapy_hexproxy._core")]
+pub struct RetryHooks {
+    shared: Shared,
+}
+
+#[pymethods]
+impl RetryHooks {
+    #[new]
+    fn new(runtime: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Ok(Self {
+            shared: Shared::new(runtime)?,
+        })
+    }
+
+    #[pyo3(signature = (request, response, spider = None))]
+    fn process_response<'py>(
+        slf: &Bound<'py, Self>,
+        request: &Bound<'py, PyAny>,
+        response: Bound<'py, PyAny>,
+        spider: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = spider;
+        let py = slf.py();
+        let shared = &slf.get().shared;
+        let (meta, status) = shared.settle_response(slf.as_any(), request, &response)?;
+        if !shared.core.get().engine().may_retry(status) {
+            return Ok(response);
+        }
+        if let Some(dont_retry) = meta.get_item(intern!(py, "dont_retry"))? {
+            if dont_retry.is_truthy()? {
+                return Ok(response);
+            }
+        }
+        let reason = status.to_string();
+        let retry = slf.call_method1(intern!(py, "_retry"), (request, status, reason))?;
+        Ok(if retry.is_none() { response } else { retry })
+    }
+}
