@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::pool::MAX_FAILURES;
 use crate::session::Credentials;
 
 const MAX_POOL_SIZE: i64 = 10_000_000;
@@ -57,7 +58,12 @@ impl Settings {
                 1,
                 MAX_POOL_SIZE,
             )?,
-            max_failures: in_range("HEX_PROXY_MAX_FAILURES", self.max_failures, 1, unbounded)?,
+            max_failures: in_range(
+                "HEX_PROXY_MAX_FAILURES",
+                self.max_failures,
+                1,
+                MAX_FAILURES.into(),
+            )?,
             cooldown: Duration::try_from_secs_f64(self.cooldown)
                 .map_err(|_| ConfigError::Cooldown(self.cooldown))?,
             max_retries: in_range("HEX_PROXY_MAX_RETRIES", self.max_retries, 0, MAX_RETRIES)?,
@@ -171,6 +177,7 @@ mod tests {
     fn counts_must_be_positive() {
         assert!(error_of(|s| s.max_failures = 0).starts_with("HEX_PROXY_MAX_FAILURES must be"));
         assert!(error_of(|s| s.max_failures = -3).ends_with("got -3"));
+        assert!(error_of(|s| s.max_failures = 65_536).contains("65535"));
         assert!(error_of(|s| s.auth_failures_to_close = 0)
             .starts_with("HEX_PROXY_AUTH_FAILURES_TO_CLOSE must be"));
         assert!(error_of(|s| s.max_retries = -1).starts_with("HEX_PROXY_MAX_RETRIES must be"));

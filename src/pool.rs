@@ -12,15 +12,19 @@ use crate::clock::saturating_ns;
 /// Set in the `pos` of a session that is cooling down. Live positions stay below it (the pool
 /// holds at most 10M sessions), so the other 31 bits are free for the cooldown's end.
 const COOLING: u32 = 1 << 31;
-/// Cooldown ends are kept in 63 bits of nanoseconds: 292 years, as good as never.
-const MAX_UNTIL: u64 = (1 << 63) - 1;
+/// Cooldown ends are kept in 47 bits (31 in `pos`, 16 in `fails`) of whole microseconds,
+/// rounded up: 4.4 years, as good as never.
+const MAX_UNTIL_US: u64 = (1 << 47) - 1;
+/// The most consecutive failures a session can count (`fails` is a u16).
+pub const MAX_FAILURES: u16 = u16::MAX;
 /// Rejection-sampling tries before the bounded walk. Picks reach this loop only when at least
 /// 3 in 4 live sessions are allowed, so all tries fail with probability below 1e-9.
 const TRIES: usize = 16;
 /// Up to this many live sessions per excluded one, the allowed ones are counted exactly instead.
 const EXACT_RATIO: usize = 4;
 
-/// 16 bytes per session whatever the state: four `u32` arrays (`cooling` has room for all).
+/// 14 bytes per session whatever the state: three `u32` arrays (`cooling` has room for all)
+/// and a `u16` one.
 #[derive(Debug)]
 pub struct Pool {
     /// Indices of the live sessions, in no particular order.
@@ -28,8 +32,8 @@ pub struct Pool {
     /// Position of each live session in `live`; for a cooling one, `COOLING` and the high bits
     /// of the time its cooldown ends.
     pos: Vec<u32>,
-    /// Consecutive failures of each live session; the low 32 bits of a cooling one's end.
-    fails: Vec<u32>,
+    /// Consecutive failures of each live session; the low 16 bits of a cooling one's end.
+    fails: Vec<u16>,
     /// The cooling sessions in the order they were blacklisted. The cooldown is the same for
     /// all and time only moves forward, so that is also the order their cooldowns end in, and
     /// expiries pop from the front.
@@ -118,7 +122,7 @@ impl Pool {
             return false;
         }
         self.fails[i] = self.fails[i].saturating_add(1);
-        if self.fails[i] < self.max_failures {
+        if u32::from(self.fails[i]) < self.max_failures {
             return false;
         }
         let at = self.pos[i] as usize;
@@ -126,13 +130,16 @@ impl Pool {
         if let Some(&moved) = self.live.get(at) {
             self.pos[moved as usize] = at as u32;
         }
-        let until = now.saturating_add(self.cooldown_ns).min(MAX_UNTIL);
+        let until_us = now
+            .saturating_add(self.cooldown_ns)
+            .div_ceil(1000)
+            .min(MAX_UNTIL_US);
         debug_assert!(self
             .cooling
             .back()
-            .is_none_or(|&last| self.until(last) <= until));
-        self.pos[i] = COOLING | (until >> 32) as u32;
-        self.fails[i] = until as u32;
+            .is_none_or(|&last| self.until(last) <= until_us * 1000));
+        self.pos[i] = COOLING | (until_us >> 16) as u32;
+        self.fails[i] = until_us as u16;
         self.cooling.push_back(index);
         true
     }
@@ -161,10 +168,11 @@ impl Pool {
         self.pos[index as usize] & COOLING != 0
     }
 
-    /// When the cooldown of a cooling session ends.
+    /// When the cooldown of a cooling session ends, in nanoseconds.
     fn until(&self, index: u32) -> u64 {
         let i = index as usize;
-        (u64::from(self.pos[i] & !COOLING) << 32) | u64::from(self.fails[i])
+        let until_us = (u64::from(self.pos[i] & !COOLING) << 16) | u64::from(self.fails[i]);
+        until_us * 1000
     }
 
     /// Brings back every session whose cooldown ended at or before `now`.
@@ -385,30 +393,31 @@ mod tests {
     }
 
     #[test]
-    fn cooldown_ends_past_four_seconds_of_nanoseconds_and_forever_are_kept() {
-        // The end is split over two u32 slots: check times beyond 2^32 ns and the cap.
+    fn cooldown_ends_past_sixteen_bits_of_microseconds_and_forever_are_kept() {
+        // The end is split over two slots: check times beyond 2^16 µs and the cap.
         let mut pool = Pool::new(3, 1, Duration::from_secs(7));
         let late = 3 * (1 << 32) + 12_345;
         assert!(pool.failure(1, late));
-        assert_eq!(pool.until(1), late + 7 * SEC);
+        // Rounded up to the microsecond.
+        assert_eq!(pool.until(1), (late + 7 * SEC).div_ceil(1000) * 1000);
+        assert!(pool.is_cooling(1, late + 7 * SEC));
+        assert!(!pool.is_cooling(1, late + 7 * SEC + 1000));
         let mut forever = Pool::new(1, 1, Duration::MAX);
         assert!(forever.failure(0, late));
-        assert_eq!(forever.until(0), MAX_UNTIL);
-        assert!(forever.is_cooling(0, MAX_UNTIL - 1));
+        assert_eq!(forever.until(0), MAX_UNTIL_US * 1000);
+        assert!(forever.is_cooling(0, MAX_UNTIL_US * 1000 - 1));
         assert_eq!(forever.live_count(u64::MAX), 1);
     }
 
     #[test]
-    fn a_million_sessions_fit_in_sixteen_bytes_each_live_or_cooling() {
+    fn a_million_sessions_fit_in_fourteen_bytes_each_live_or_cooling() {
         const SIZE: u32 = 1_000_000;
         let mut pool = pool(SIZE, 1, 300);
         let bytes = |pool: &Pool| {
-            4 * (pool.live.capacity()
-                + pool.pos.capacity()
-                + pool.fails.capacity()
-                + pool.cooling.capacity())
+            4 * (pool.live.capacity() + pool.pos.capacity() + pool.cooling.capacity())
+                + 2 * pool.fails.capacity()
         };
-        assert!(bytes(&pool) <= 16 * SIZE as usize, "{} bytes", bytes(&pool));
+        assert!(bytes(&pool) <= 14 * SIZE as usize, "{} bytes", bytes(&pool));
         let mut rng = rng();
         for index in (0..SIZE).step_by(10) {
             pool.failure(index, 0);
@@ -420,7 +429,7 @@ mod tests {
             pool.failure(index, SEC);
         }
         assert_eq!(pool.cooling_count(SEC), SIZE);
-        assert!(bytes(&pool) <= 16 * SIZE as usize, "{} bytes", bytes(&pool));
+        assert!(bytes(&pool) <= 14 * SIZE as usize, "{} bytes", bytes(&pool));
         assert_consistent(&pool);
         assert_eq!(pool.live_count(301 * SEC), SIZE);
         assert_consistent(&pool);
