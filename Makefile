@@ -11,7 +11,7 @@ OLD_SCRAPY := "scrapy==2.11.2" "w3lib<2.2" "twisted<24.11"
 TEST_DEPS := "pytest>=8" "pytest-twisted>=1.14" "pytest-timeout>=2.3"
 WHEEL_DIR := target/wheels
 
-.PHONY: all build-dev wheel test test-rust test-python test-python-old lint format demo clean
+.PHONY: all build-dev wheel test test-rust test-python test-python-old lint format demo bench clean
 
 all: build-dev
 
@@ -41,13 +41,13 @@ lint: $(VENV)/.ok
 	cargo fmt --check
 	cargo clippy -q --all-targets -- -D warnings
 	cargo clippy -q --all-targets --features python -- -D warnings
-	$(VENV)/bin/ruff check python tests examples
-	$(VENV)/bin/ruff format --check python tests examples
+	$(VENV)/bin/ruff check python tests examples benches
+	$(VENV)/bin/ruff format --check python tests examples benches
 
 format: $(VENV)/.ok
 	cargo fmt
-	$(VENV)/bin/ruff format python tests examples
-	$(VENV)/bin/ruff check --fix python tests examples
+	$(VENV)/bin/ruff format python tests examples benches
+	$(VENV)/bin/ruff check --fix python tests examples benches
 
 test-rust:
 	cargo test -q
@@ -69,6 +69,10 @@ test: lint test-rust test-python test-python-old
 ## demo: a real crawl through the bundled loopback gateway, some sessions banned, some dropping
 demo: build-dev
 	$(PY) examples/demo.py
+
+## bench: core (criterion), hook cycle, memory and build, end-to-end crawl; prints one table
+bench: build-dev
+	$(PY) benches/run.py
 
 clean:
 	rm -rf $(VENV) $(VENV_OLD) target
