@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3::types::{PyDict, PyString};
 
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -92,15 +92,6 @@ impl Core {
 
     fn session_id(&self, index: i64) -> PyResult<String> {
         Ok(self.engine.session_id(self.index(index)?)?)
-    }
-
-    fn proxy_authorization<'py>(
-        &self,
-        py: Python<'py>,
-        index: i64,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let header = self.engine.proxy_authorization(self.index(index)?)?;
-        Ok(PyBytes::new(py, header.as_bytes()))
     }
 
     fn record_status(&self, index: i64, status: u16) -> PyResult<u32> {

@@ -11,12 +11,13 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 
 use crate::binding::Core;
 
-/// Meta key of the attempt in flight: `(session index, retry_times when it was sent)`.
-const ATTEMPT: &str = "_hex_attempt";
-/// Meta key of the session indices that already failed this request.
-const FAILED: &str = "_hex_failed";
+/// Meta key of the attempt in flight: `(session index, retry_times when it was sent)`. The
+/// meta keys are exported to the Python runtime, so they are spelled only here.
+pub const ATTEMPT: &str = "_hex_attempt";
+/// Meta key of the session indices that already failed this request (a tuple).
+pub const FAILED: &str = "_hex_failed";
 /// Meta key of the public session id of the attempt.
-const SESSION: &str = "hex_session";
+pub const SESSION: &str = "hex_session";
 
 /// What both hook classes share: the core and what `assign` writes. Nothing here refers back
 /// to Python objects that could form a cycle.
@@ -134,13 +135,12 @@ impl Shared {
         owner: &Bound<'py, PyAny>,
         request: &Bound<'py, PyAny>,
         response: &Bound<'py, PyAny>,
-    ) -> PyResult<(Bound<'py, PyDict>, u16)> {
+    ) -> PyResult<Bound<'py, PyDict>> {
         let py = owner.py();
         let meta = self.meta(request)?;
-        let status = status_of(py, response)?;
         let key = intern!(py, ATTEMPT);
         let Some(attempt) = meta.get_item(key)? else {
-            return Ok((meta, status));
+            return Ok(meta);
         };
         meta.del_item(key)?;
         // A cached response (HttpCacheMiddleware) never went through the session.
@@ -148,14 +148,15 @@ impl Shared {
             .getattr(intern!(py, "flags"))?
             .contains(intern!(py, "cached"))?
         {
-            return Ok((meta, status));
+            return Ok(meta);
         }
         let index: u32 = attempt.cast::<PyTuple>()?.get_item(0)?.extract()?;
+        let status = status_of(py, response)?;
         let flags = self.core.get().engine().record_status(index, status)?;
         if flags != 0 {
             runtime_of(owner)?.call_method1(intern!(py, "_settled"), (request, index, flags))?;
         }
-        Ok((meta, status))
+        Ok(meta)
     }
 }
 
@@ -177,8 +178,14 @@ pub struct ProxyHooks {
 
 #[pymethods]
 impl ProxyHooks {
+    /// Takes the runtime; further arguments are left to a subclass's `__init__`.
     #[new]
-    fn new(runtime: &Bound<'_, PyAny>) -> PyResult<Self> {
+    #[pyo3(signature = (runtime, *_args, **_kwargs))]
+    fn new(
+        runtime: &Bound<'_, PyAny>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
         Ok(Self {
             shared: Shared::new(runtime)?,
         })
@@ -245,8 +252,14 @@ pub struct RetryHooks {
 
 #[pymethods]
 impl RetryHooks {
+    /// Takes the runtime; further arguments are left to a subclass's `__init__`.
     #[new]
-    fn new(runtime: &Bound<'_, PyAny>) -> PyResult<Self> {
+    #[pyo3(signature = (runtime, *_args, **_kwargs))]
+    fn new(
+        runtime: &Bound<'_, PyAny>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
         Ok(Self {
             shared: Shared::new(runtime)?,
         })
@@ -262,7 +275,8 @@ impl RetryHooks {
         let _ = spider;
         let py = slf.py();
         let shared = &slf.get().shared;
-        let (meta, status) = shared.settle_response(slf.as_any(), request, &response)?;
+        let meta = shared.settle_response(slf.as_any(), request, &response)?;
+        let status = status_of(py, &response)?;
         if !shared.core.get().engine().may_retry(status) {
             return Ok(response);
         }

@@ -27,6 +27,13 @@ mod _core {
     use crate::hooks::{ProxyHooks, RetryHooks};
 
     #[pymodule_export]
+    const ATTEMPT_KEY: &str = crate::hooks::ATTEMPT;
+    #[pymodule_export]
+    const FAILED_KEY: &str = crate::hooks::FAILED;
+    #[pymodule_export]
+    const SESSION_KEY: &str = crate::hooks::SESSION;
+
+    #[pymodule_export]
     const BLACKLISTED: u32 = crate::engine::BLACKLISTED;
     #[pymodule_export]
     const AUTH_FAILED: u32 = crate::engine::AUTH_FAILED;

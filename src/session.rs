@@ -6,12 +6,8 @@ use std::fmt;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
-/// The id the gateway keys a sticky session on: "s000", "s007", "s1234".
-pub fn session_id(index: u32) -> String {
-    SessionId::new(index).as_str().to_owned()
-}
-
-/// A session's id, written on the stack: it is made for every request.
+/// The id the gateway keys a sticky session on ("s000", "s007", "s1234"), written on the
+/// stack: it is made for every request.
 pub struct SessionId {
     /// 's' and up to 10 digits, right-aligned.
     buf: [u8; 11],
@@ -114,6 +110,10 @@ impl fmt::Debug for Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn session_id(index: u32) -> String {
+        SessionId::new(index).as_str().to_owned()
+    }
 
     fn credentials() -> Credentials {
         Credentials::new("USER".into(), "PASS".into())

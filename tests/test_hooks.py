@@ -537,3 +537,22 @@ def test_headers_and_meta_written_by_the_core_behave_as_scrapys_own(hook_crawler
         assert headers[b"Accept"] == b"text/html"
         assert request.meta["mine"] == 1
         assert len(headers.getlist(b"Proxy-Authorization")) == 1  # replaced, not appended
+
+
+def test_user_subclasses_may_take_their_own_init_arguments(hook_crawler):
+    """The hooks' Rust base takes the runtime when the object is made; a subclass may still
+    add arguments of its own, as with any Python class."""
+    from scrapy_hexproxy._runtime import Runtime
+
+    class Tagged(HexProxyMiddleware):
+        def __init__(self, runtime, tag, *, loud=False):
+            super().__init__(runtime)
+            self.tag, self.loud = tag, loud
+
+        @classmethod
+        def from_crawler(cls, crawler):
+            return cls(Runtime.of(crawler), "mine", loud=True)
+
+    proxy = Tagged.from_crawler(hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=1))
+    assert (proxy.tag, proxy.loud) == ("mine", True)
+    assert _send(proxy).meta["hex_session"] == "s000"

@@ -27,6 +27,15 @@ PASS: Final = 0
 RETRY: Final = 1
 """``decide_retry``: schedule a retry (counted in ``hex_proxy/retry``)."""
 
+ATTEMPT_KEY: Final = "_hex_attempt"
+"""Meta key of the attempt in flight: ``(session index, retry_times when it was sent)``."""
+
+FAILED_KEY: Final = "_hex_failed"
+"""Meta key of the session indices that already failed this request (a tuple)."""
+
+SESSION_KEY: Final = "hex_session"
+"""Meta key of the public session id of the attempt."""
+
 GIVE_UP: Final = 2
 """``decide_retry``: retryable but out of retries (counted in ``hex_proxy/retry/max_exceeded``)."""
 
@@ -68,10 +77,6 @@ class Core:
 
     def session_id(self, index: int) -> str:
         """The session's id: ``"s000"``, ``"s007"``, ``"s1234"``."""
-
-    def proxy_authorization(self, index: int) -> bytes:
-        """The ``Proxy-Authorization`` header value, ``b"Basic ..."``, for the gateway username
-        ``"{user}-session-{id}"`` and the password."""
 
     def record_status(self, index: int, status: int) -> int:
         """Count a response on the session. A status in ``failure_codes`` is a failure (stat
@@ -159,7 +164,7 @@ class ProxyHooks:
     ``settle_unobserved``, ``wait_and_assign`` and ``_settled`` on the rare paths.
     """
 
-    def __new__(cls, runtime: _Runtime) -> Self: ...
+    def __new__(cls, runtime: _Runtime, *args: Any, **kwargs: Any) -> Self: ...
     def process_request(
         self, request: Request, spider: Spider | None = None
     ) -> Coroutine[Any, Any, None] | None:
@@ -179,7 +184,7 @@ class RetryHooks:
     """The per-response hook of ``SmartRetryMiddleware``, which subclasses this and provides
     ``_retry(request, status, reason) -> Request | None`` and ``self._runtime``."""
 
-    def __new__(cls, runtime: _Runtime) -> Self: ...
+    def __new__(cls, runtime: _Runtime, *args: Any, **kwargs: Any) -> Self: ...
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Request | Response:

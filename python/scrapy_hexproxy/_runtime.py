@@ -27,11 +27,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("scrapy_hexproxy")
 
 #: meta key of the attempt in flight: (session index, retry_times when it was sent).
-ATTEMPT = "_hex_attempt"
+ATTEMPT = _core.ATTEMPT_KEY
 #: meta key of the session indices that already failed this request (a tuple: copies share it).
-FAILED = "_hex_failed"
-#: meta key with the public session id of the current attempt.
-SESSION = "hex_session"
+FAILED = _core.FAILED_KEY
 
 AUTH_FAILED_REASON = "hex_proxy_auth_failed"
 _TUNNEL_STATUS = re.compile(r"'status': (\d{3})")
