@@ -129,6 +129,14 @@ impl Core {
         self.engine.next_live_in().as_secs_f64()
     }
 
+    /// `(session id, seconds)` of the cooling session that comes back first.
+    fn next_back(&self) -> PyResult<Option<(String, f64)>> {
+        self.engine
+            .next_back()
+            .map(|(index, until)| Ok((self.engine.session_id(index)?, until.as_secs_f64())))
+            .transpose()
+    }
+
     fn advance(&self, seconds: f64) -> PyResult<()> {
         let by =
             Duration::try_from_secs_f64(seconds).map_err(|_| Error::InvalidAdvance(seconds))?;

@@ -184,6 +184,12 @@ impl Engine {
         state.pool.next_live_in(self.clock.now_ns())
     }
 
+    /// The cooling session that comes back first, and how long until it does.
+    pub fn next_back(&self) -> Option<(u32, Duration)> {
+        let mut state = self.state.lock();
+        state.pool.next_back(self.clock.now_ns())
+    }
+
     /// `(live, cooling)`, taken together so that they add up to the pool size.
     pub fn counts(&self) -> (u32, u32) {
         let mut state = self.state.lock();
@@ -342,6 +348,7 @@ mod tests {
         engine.record_status(1, 503).unwrap();
         assert_eq!(engine.pick(&[]), None);
         assert_eq!(engine.next_live_in(), Duration::from_secs(6));
+        assert_eq!(engine.next_back(), Some((0, Duration::from_secs(6))));
         engine.advance(Duration::from_secs(6)).unwrap();
         assert_eq!(engine.now(), Duration::from_secs(10));
         assert_eq!(engine.next_live_in(), Duration::ZERO);

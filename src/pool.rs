@@ -153,6 +153,13 @@ impl Pool {
         }
     }
 
+    /// The cooling session whose cooldown ends first, and how long until it does.
+    pub fn next_back(&mut self, now: u64) -> Option<(u32, Duration)> {
+        self.expire(now);
+        let &index = self.cooling.front()?;
+        Some((index, Duration::from_nanos(self.until(index) - now)))
+    }
+
     pub fn live_count(&mut self, now: u64) -> u32 {
         self.expire(now);
         self.live.len() as u32
@@ -242,6 +249,20 @@ mod tests {
             count.abs_diff(expected) <= tolerance,
             "{count} is not about {expected}"
         );
+    }
+
+    #[test]
+    fn next_back_is_the_first_blacklisted_and_counts_down() {
+        let mut pool = pool(4, 1, 100);
+        assert_eq!(pool.next_back(0), None);
+        blacklist(&mut pool, 2, 10 * SEC);
+        blacklist(&mut pool, 0, 20 * SEC);
+        assert_eq!(pool.next_back(30 * SEC), Some((2, Duration::from_secs(80))));
+        assert_eq!(
+            pool.next_back(110 * SEC),
+            Some((0, Duration::from_secs(10)))
+        );
+        assert_eq!(pool.next_back(120 * SEC), None);
     }
 
     #[test]

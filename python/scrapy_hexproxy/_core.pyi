@@ -115,6 +115,10 @@ class Core:
     def next_live_in(self) -> float:
         """Seconds until a session is live again; 0.0 when one is live now."""
 
+    def next_back(self) -> tuple[str, float] | None:
+        """``(session id, seconds)`` of the cooling session whose cooldown ends first; ``None``
+        when no session is cooling."""
+
     def advance(self, seconds: float) -> None:
         """Move the manual clock forward. ``RuntimeError`` on the system clock, ``ValueError``
         for a negative or non-finite number of seconds."""

@@ -18,6 +18,7 @@ from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from . import _core
+from ._logstats import PoolHealth
 from ._settings import HexProxyConfigError, HexSettings, read_settings
 
 if TYPE_CHECKING:
@@ -122,6 +123,12 @@ class Runtime:
         self.transport_exceptions = _transport_exceptions()
         self._waiters: list[Deferred[None]] = []
         self._wake_call: Any = None
+        self.health = PoolHealth(
+            self.core,
+            settings.logstats_interval,
+            manual_clock=settings.core_kwargs["manual_clock"],
+        )
+        crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 
     # -- sessions -----------------------------------------------------------------------
@@ -260,10 +267,18 @@ class Runtime:
         for key, value in self.core.stats().items():
             stats.set_value(key, value)
 
+    def _spider_opened(self, spider: Any = None) -> None:
+        self.health.start()
+
     def _spider_closed(self, spider: Any = None, reason: str = "") -> None:
         if self._wake_call is not None and self._wake_call.active():
             self._wake_call.cancel()
+        gauges = self.health.stop()
         self.publish_stats()
+        stats = _late(self.crawler, "stats")
+        if stats is not None:
+            for key, value in gauges.items():
+                stats.set_value(key, value)
 
 
 def _late(crawler: Crawler, name: str) -> Any:
@@ -279,3 +294,4 @@ def advance_clock(crawler: Crawler, seconds: float) -> None:
     runtime = Runtime.of(crawler)
     runtime.core.advance(seconds)
     runtime.wake()
+    runtime.health.clock_moved()

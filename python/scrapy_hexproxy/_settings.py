@@ -40,6 +40,8 @@ class HexSettings:
     # Holds the password: kept out of the repr.
     core_kwargs: dict[str, Any] = field(repr=False)
     retry_priority_adjust: int
+    #: Seconds between pool-health lines in the log; 0: none.
+    logstats_interval: float = 60.0
 
 
 def is_enabled(settings: Any) -> bool:
@@ -141,6 +143,14 @@ def _float(settings: Any, name: str, default: float) -> float:
     raise HexProxyConfigError(f"{name} must be a number of seconds, got {value!r}")
 
 
+def _seconds(settings: Any, name: str, default: float) -> float:
+    """A finite, non-negative number of seconds."""
+    value = _float(settings, name, default)
+    if not 0 <= value < float("inf"):
+        raise HexProxyConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return value
+
+
 def _codes(settings: Any, name: str, default: tuple[int, ...]) -> list[int]:
     value = settings.get(name)
     if value is None:
@@ -191,4 +201,5 @@ def read_settings(settings: Any) -> HexSettings:
         gateway=gateway,
         core_kwargs=core_kwargs,
         retry_priority_adjust=_int(settings, "RETRY_PRIORITY_ADJUST", -1),
+        logstats_interval=_seconds(settings, "HEX_PROXY_LOGSTATS_INTERVAL", 60.0),
     )
