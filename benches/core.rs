@@ -27,6 +27,8 @@ fn engine(pool_size: u32) -> Engine {
         auth_failures_to_close: 3,
         user: "USER".into(),
         password: "PASS".into(),
+        username_template: scrapy_hexproxy::provider::DEFAULT_TEMPLATE.into(),
+        proxies: None,
     };
     Engine::new(settings.validate().unwrap(), Clock::system(), Some(1))
 }

@@ -10,6 +10,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::provider::{Entry, Proxy, DEFAULT_TEMPLATE};
 use crate::retry::Cause;
 
 impl From<Error> for PyErr {
@@ -43,6 +44,8 @@ impl Core {
         auth_failures_to_close,
         user,
         password,
+        username_template = DEFAULT_TEMPLATE.to_owned(),
+        proxies = None,
         manual_clock = false,
         seed = None,
     ))]
@@ -60,6 +63,8 @@ impl Core {
         auth_failures_to_close: i64,
         user: String,
         password: String,
+        username_template: String,
+        proxies: Option<Vec<Entry>>,
         manual_clock: bool,
         seed: Option<u64>,
     ) -> PyResult<Self> {
@@ -73,6 +78,8 @@ impl Core {
             auth_failures_to_close,
             user,
             password,
+            username_template,
+            proxies,
         };
         let config = settings.validate().map_err(Error::from)?;
         let clock = if manual_clock {
@@ -180,18 +187,42 @@ impl Core {
         self.engine.auth_failed()
     }
 
+    /// `None` with a proxy list.
     #[getter]
-    fn user(&self) -> &str {
-        self.engine.config().credentials.user()
+    fn user(&self) -> Option<&str> {
+        Some(self.engine.config().provider.gateway()?.user())
+    }
+
+    /// The session's proxy without its password (`http://user:***@host:port`); `None` with a
+    /// gateway.
+    fn proxy_label(&self, index: i64) -> PyResult<Option<String>> {
+        Ok(self.proxy(index)?.map(Proxy::label))
+    }
+
+    /// Where the session's proxy was listed (`"HEX_PROXY_LIST entry 3"`); `None` with a gateway.
+    fn proxy_source(&self, index: i64) -> PyResult<Option<String>> {
+        Ok(self.proxy(index)?.map(|proxy| proxy.source().to_owned()))
+    }
+
+    /// `(kept, dropped)` sources of the list entries that repeated an earlier one exactly.
+    #[getter]
+    fn duplicate_proxies(&self) -> Vec<(String, String)> {
+        match self.engine.config().provider.list() {
+            Some(list) => list.duplicates().to_vec(),
+            None => Vec::new(),
+        }
     }
 
     // Shows the user, never the password.
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let (live, cooling) = self.engine.counts();
+        let provider = match self.user() {
+            Some(user) => format!("user={}", PyString::new(py, user).repr()?),
+            None => "proxy_list=True".to_owned(),
+        };
         Ok(format!(
-            "Core(pool_size={}, live={live}, cooling={cooling}, user={})",
+            "Core(pool_size={}, live={live}, cooling={cooling}, {provider})",
             self.pool_size(),
-            PyString::new(py, self.user()).repr()?,
         ))
     }
 }
@@ -199,6 +230,17 @@ impl Core {
 impl Core {
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    fn proxy(&self, index: i64) -> PyResult<Option<&Proxy>> {
+        let index = self.index(index)?;
+        self.engine.session(index)?; // the range check
+        Ok(self
+            .engine
+            .config()
+            .provider
+            .list()
+            .map(|list| list.get(index)))
     }
 
     /// Python ints are unbounded; anything that is not a u32 is out of range too.

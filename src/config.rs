@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::pool::MAX_FAILURES;
-use crate::session::Credentials;
+use crate::provider::{Entry, Gateway, Provider, ProxyList};
 
 const MAX_POOL_SIZE: i64 = 10_000_000;
 const MAX_RETRIES: i64 = 1000;
@@ -24,6 +24,11 @@ pub struct Settings {
     pub auth_failures_to_close: i64,
     pub user: String,
     pub password: String,
+    /// How the gateway username is made of the user and the session id.
+    pub username_template: String,
+    /// The proxy list instead of the gateway (`user`, `password`, the template and `pool_size`
+    /// are then not used): `(source, entry)`, source naming it in errors.
+    pub proxies: Option<Vec<Entry>>,
 }
 
 /// A validated configuration; only `Settings::validate` makes one.
@@ -36,28 +41,27 @@ pub struct Config {
     pub retry_codes: StatusSet,
     pub failure_codes: StatusSet,
     pub auth_failures_to_close: u32,
-    pub credentials: Credentials,
+    pub provider: Provider,
 }
 
 impl Settings {
     pub fn validate(&self) -> Result<Config, ConfigError> {
-        if self.user.is_empty() {
-            return Err(ConfigError::UserEmpty);
-        }
-        if self.user.contains(':') {
-            return Err(ConfigError::UserHasColon);
-        }
-        if self.password.is_empty() {
-            return Err(ConfigError::PasswordEmpty);
-        }
+        let provider = match &self.proxies {
+            None => Provider::Gateway(self.gateway()?),
+            Some(entries) => Provider::List(ProxyList::parse(entries)?),
+        };
         let unbounded = i64::from(u32::MAX);
         Ok(Config {
-            pool_size: in_range(
-                "HEX_PROXY_SESSION_POOL_SIZE",
-                self.pool_size,
-                1,
-                MAX_POOL_SIZE,
-            )?,
+            // A list's proxies are its sessions.
+            pool_size: match &provider {
+                Provider::Gateway(_) => in_range(
+                    "HEX_PROXY_SESSION_POOL_SIZE",
+                    self.pool_size,
+                    1,
+                    MAX_POOL_SIZE,
+                )?,
+                Provider::List(list) => list.len(),
+            },
             max_failures: in_range(
                 "HEX_PROXY_MAX_FAILURES",
                 self.max_failures,
@@ -75,8 +79,25 @@ impl Settings {
                 1,
                 unbounded,
             )?,
-            credentials: Credentials::new(self.user.clone(), self.password.clone()),
+            provider,
         })
+    }
+
+    fn gateway(&self) -> Result<Gateway, ConfigError> {
+        if self.user.is_empty() {
+            return Err(ConfigError::UserEmpty);
+        }
+        if self.user.contains(':') {
+            return Err(ConfigError::UserHasColon);
+        }
+        if self.password.is_empty() {
+            return Err(ConfigError::PasswordEmpty);
+        }
+        Gateway::new(
+            self.user.clone(),
+            self.password.clone(),
+            &self.username_template,
+        )
     }
 }
 
@@ -134,12 +155,15 @@ pub(crate) fn example_settings() -> Settings {
         auth_failures_to_close: 3,
         user: "USER".into(),
         password: "s3cret-PASS".into(),
+        username_template: crate::provider::DEFAULT_TEMPLATE.into(),
+        proxies: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::SessionId;
 
     fn error_of(change: impl FnOnce(&mut Settings)) -> String {
         let mut settings = example_settings();
@@ -241,5 +265,43 @@ mod tests {
             error_of(|s| s.password.clear()),
             "HEX_PROXY_PASS must not be empty"
         );
+    }
+
+    #[test]
+    fn the_username_template_is_checked_with_the_gateway() {
+        let message = error_of(|s| s.username_template = "{user}-{id}".into());
+        assert!(message.starts_with("HEX_PROXY_USERNAME_TEMPLATE has an unknown placeholder {id}"));
+        let mut settings = example_settings();
+        settings.username_template = "{user}_sid_{session}".into();
+        let config = settings.validate().unwrap();
+        let gateway = config.provider.gateway().unwrap();
+        assert_eq!(gateway.username(&SessionId::new(1)), "USER_sid_s001");
+    }
+
+    #[test]
+    fn a_proxy_list_sets_the_pool_size_and_needs_no_gateway_credentials() {
+        let mut settings = example_settings();
+        settings.user.clear();
+        settings.password.clear();
+        settings.username_template = "not used".into();
+        settings.pool_size = 0; // not used either: the runtime checks a pool size set by hand
+        settings.proxies = Some(vec![
+            (
+                "HEX_PROXY_LIST entry 1".into(),
+                "http://a:s3cret@h:1".into(),
+            ),
+            (
+                "HEX_PROXY_LIST entry 2".into(),
+                "http://b:s3cret@h:1".into(),
+            ),
+            ("HEX_PROXY_LIST entry 3".into(), "http://h:2".into()),
+        ]);
+        let config = settings.validate().unwrap();
+        assert_eq!(config.pool_size, 3);
+        assert_eq!(config.provider.list().unwrap().get(2).url(), "http://h:2");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        settings.proxies = Some(vec![("HEX_PROXY_LIST_FILE line 4".into(), "h:1".into())]);
+        let message = settings.validate().unwrap_err().to_string();
+        assert!(message.starts_with("HEX_PROXY_LIST_FILE line 4: must start with http://"));
     }
 }

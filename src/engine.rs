@@ -1,17 +1,18 @@
-//! The engine: one pool, its clock, the retry policy, the credentials and the stats, shared by
-//! every thread that downloads.
+//! The engine: one pool, its clock, the retry policy, the provider (gateway or proxy list) and
+//! the stats, shared by every thread that downloads.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
+use crate::auth::{self, AuthTracker};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::Error;
 use crate::pool::Pool;
+use crate::provider::Provider;
 use crate::retry::{Cause, Decision, RetryPolicy};
 use crate::session::SessionId;
 use crate::stats::Stats;
@@ -19,10 +20,13 @@ use crate::stats::Stats;
 /// Flag of `record_*`: this failure blacklisted the session.
 pub const BLACKLISTED: u32 = 1;
 /// Flag of `record_status` / `record_refusal`: this 407 reached `auth_failures_to_close` in a
-/// row (set once).
-pub const AUTH_FAILED: u32 = 2;
+/// row (set once); with a proxy list, every proxy of it did.
+pub const AUTH_FAILED: u32 = auth::ALL_REJECTED;
 /// Flag of `record_*`: the attempt counted as a failure of its session.
 pub const FAILED: u32 = 4;
+/// Flag of `record_status` / `record_refusal`, proxy list only: this 407 brought the session's
+/// proxy to `auth_failures_to_close` in a row (again after a success).
+pub const PROXY_REJECTED: u32 = auth::PROXY_REJECTED;
 
 #[derive(Debug)]
 pub struct Engine {
@@ -33,8 +37,7 @@ pub struct Engine {
     state: Mutex<State>,
     retry: RetryPolicy,
     stats: Stats,
-    consecutive_407s: AtomicU32,
-    auth_failed: AtomicBool,
+    auth: AuthTracker,
 }
 
 #[derive(Debug)]
@@ -53,14 +56,19 @@ impl Engine {
     pub fn new(config: Config, clock: Clock, seed: Option<u64>) -> Self {
         let pool = Pool::new(config.pool_size, config.max_failures, config.cooldown);
         let rng = seed.map_or_else(SmallRng::from_os_rng, SmallRng::seed_from_u64);
+        let auth = match &config.provider {
+            Provider::Gateway(_) => AuthTracker::gateway(config.auth_failures_to_close),
+            Provider::List(list) => {
+                AuthTracker::per_proxy(config.auth_failures_to_close, list.len())
+            }
+        };
         Self {
             retry: RetryPolicy::new(config.retry_codes, config.max_retries),
             config,
             clock,
             state: Mutex::new(State { pool, rng }),
             stats: Stats::default(),
-            consecutive_407s: AtomicU32::new(0),
-            auth_failed: AtomicBool::new(false),
+            auth,
         }
     }
 
@@ -92,9 +100,9 @@ impl Engine {
             0
         };
         if status == 407 {
-            flags |= self.auth_failure();
+            flags |= self.auth.rejected(index);
         } else if !failed {
-            self.consecutive_407s.store(0, Ordering::Release);
+            self.auth.accepted(index);
         }
         Ok(flags)
     }
@@ -103,7 +111,7 @@ impl Engine {
     pub fn record_success(&self, index: u32) -> Result<(), Error> {
         self.check(index)?;
         self.state.lock().pool.success(index);
-        self.consecutive_407s.store(0, Ordering::Release);
+        self.auth.accepted(index);
         Ok(())
     }
 
@@ -125,7 +133,7 @@ impl Engine {
         }
         let mut flags = self.failure(index) | FAILED;
         if status == 407 {
-            flags |= self.auth_failure();
+            flags |= self.auth.rejected(index);
         }
         Ok(flags)
     }
@@ -137,19 +145,6 @@ impl Engine {
         if blacklisted {
             self.stats.blacklisted();
             BLACKLISTED
-        } else {
-            0
-        }
-    }
-
-    /// A 407 is about the credentials, not the session, whether or not it counts as a session
-    /// failure; only a success proves the credentials right.
-    fn auth_failure(&self) -> u32 {
-        let in_a_row = self.consecutive_407s.fetch_add(1, Ordering::AcqRel) + 1;
-        if in_a_row >= self.config.auth_failures_to_close
-            && !self.auth_failed.swap(true, Ordering::AcqRel)
-        {
-            AUTH_FAILED
         } else {
             0
         }
@@ -202,8 +197,10 @@ impl Engine {
         self.stats.snapshot(live, cooling)
     }
 
+    /// A 407 is about the credentials, whether or not it counts as a session failure; only a
+    /// success proves them right (see `AuthTracker`).
     pub fn auth_failed(&self) -> bool {
-        self.auth_failed.load(Ordering::Acquire)
+        self.auth.failed()
     }
 
     pub fn session_id(&self, index: u32) -> Result<String, Error> {
@@ -216,9 +213,11 @@ impl Engine {
         Ok(SessionId::new(index))
     }
 
-    pub fn proxy_authorization(&self, index: u32) -> Result<String, Error> {
-        self.check(index)?;
-        Ok(self.config.credentials.proxy_authorization(index))
+    /// The session's `Proxy-Authorization` value; `None` for a listed proxy without
+    /// credentials.
+    pub fn proxy_authorization(&self, index: u32) -> Result<Option<String>, Error> {
+        let id = self.session(index)?;
+        Ok(self.config.provider.proxy_authorization(index, &id))
     }
 
     /// Moves a manual clock forward; an error on the system clock.
@@ -245,7 +244,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::thread;
 
     use super::*;
@@ -440,14 +439,17 @@ mod tests {
     fn sessions_have_ids_and_headers_and_bad_indices_are_errors() {
         let engine = engine();
         assert_eq!(engine.session_id(7).unwrap(), "s007");
-        let header = engine.proxy_authorization(7).unwrap();
+        let header = engine.proxy_authorization(7).unwrap().unwrap();
         assert!(header.starts_with("Basic "));
         let out_of_range = Err(Error::IndexOutOfRange {
             index: 20,
             pool_size: 20,
         });
         assert_eq!(engine.session_id(20), out_of_range);
-        assert_eq!(engine.proxy_authorization(20), out_of_range);
+        assert_eq!(
+            engine.proxy_authorization(20),
+            out_of_range.clone().map(Some)
+        );
         assert_eq!(
             engine.record_status(20, 200),
             out_of_range.clone().map(|_| 0)
@@ -457,6 +459,48 @@ mod tests {
             out_of_range.clone().map(|_| 0)
         );
         assert_eq!(engine.record_success(20), out_of_range.map(|_| ()));
+    }
+
+    fn list_engine(entries: &[&str], auth_failures_to_close: i64) -> Engine {
+        engine_with(|s| {
+            s.proxies = Some(
+                entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (format!("HEX_PROXY_LIST entry {}", i + 1), (*e).to_owned()))
+                    .collect(),
+            );
+            s.auth_failures_to_close = auth_failures_to_close;
+            s.max_failures = 100;
+        })
+    }
+
+    #[test]
+    fn each_listed_proxy_is_a_session_with_its_own_header() {
+        let engine = list_engine(&["http://a:pw@h:1", "http://b:pw@h:1", "http://h:2"], 3);
+        assert_eq!(engine.counts(), (3, 0));
+        assert_eq!(engine.session_id(2).unwrap(), "s002");
+        let user_of = |index| engine.proxy_authorization(index).unwrap();
+        assert_ne!(user_of(0), user_of(1));
+        assert_eq!(user_of(2), None);
+    }
+
+    #[test]
+    fn a_407_rejects_one_listed_proxy_and_the_crawl_stops_only_when_all_are() {
+        let engine = list_engine(&["http://a:pw@h:1", "http://b:pw@h:1"], 2);
+        assert_eq!(engine.record_status(0, 407), Ok(FAILED));
+        // The other proxy's success does not clear proxy 0's record.
+        assert_eq!(engine.record_status(1, 200), Ok(0));
+        assert_eq!(engine.record_status(0, 407), Ok(FAILED | PROXY_REJECTED));
+        assert!(!engine.auth_failed());
+        assert!(engine.pick(&[]).is_some());
+        assert_eq!(engine.record_refusal(1, 407), Ok(FAILED));
+        assert_eq!(
+            engine.record_refusal(1, 407),
+            Ok(FAILED | PROXY_REJECTED | AUTH_FAILED)
+        );
+        assert!(engine.auth_failed());
+        assert_eq!(engine.pick(&[]), None);
     }
 
     #[test]

@@ -19,6 +19,39 @@ pub enum ConfigError {
     UserEmpty,
     UserHasColon,
     PasswordEmpty,
+    Template(TemplateProblem),
+    /// An entry of the proxy list; `source` says which (`"HEX_PROXY_LIST entry 3"`). The
+    /// entry itself is never echoed: it may hold a password, or a piece of one.
+    ProxyEntry {
+        source: String,
+        problem: EntryProblem,
+    },
+    ProxyListEmpty,
+    ProxyListTooLong(usize),
+}
+
+/// What is wrong with `HEX_PROXY_USERNAME_TEMPLATE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateProblem {
+    NoSession,
+    Unknown(String),
+    Unclosed,
+    StrayBrace,
+    Colon,
+}
+
+/// What is wrong with an entry of the proxy list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryProblem {
+    Empty,
+    NoScheme,
+    Scheme,
+    Tail,
+    NoPort,
+    Port,
+    Host,
+    NoUser,
+    UserHasColon,
 }
 
 impl fmt::Display for ConfigError {
@@ -44,11 +77,65 @@ impl fmt::Display for ConfigError {
                 "HEX_PROXY_USER must not contain ':' (put the password in HEX_PROXY_PASS)",
             ),
             Self::PasswordEmpty => f.write_str("HEX_PROXY_PASS must not be empty"),
+            Self::Template(problem) => write!(f, "HEX_PROXY_USERNAME_TEMPLATE {problem}"),
+            Self::ProxyEntry { source, problem } => write!(f, "{source}: {problem}"),
+            Self::ProxyListEmpty => {
+                f.write_str("the proxy list (HEX_PROXY_LIST or HEX_PROXY_LIST_FILE) holds no proxy")
+            }
+            Self::ProxyListTooLong(got) => write!(
+                f,
+                "the proxy list (HEX_PROXY_LIST or HEX_PROXY_LIST_FILE) holds {got} proxies, \
+                 more than a pool can"
+            ),
         }
     }
 }
 
 impl std::error::Error for ConfigError {}
+
+impl fmt::Display for TemplateProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoSession => f.write_str(
+                "must contain {session} (else every session is one identity at the gateway), \
+                 e.g. \"{user}-session-{session}\"",
+            ),
+            Self::Unknown(name) => write!(
+                f,
+                "has an unknown placeholder {{{name}}}: only {{user}} and {{session}} (write {{{{ \
+                 and }}}} for literal braces)"
+            ),
+            Self::Unclosed => f.write_str("has an unclosed '{' (write {{ for a literal brace)"),
+            Self::StrayBrace => f.write_str("has a stray '}' (write }} for a literal brace)"),
+            Self::Colon => {
+                f.write_str("must not contain ':' (HTTP Basic ends the username at the first ':')")
+            }
+        }
+    }
+}
+
+impl fmt::Display for EntryProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Empty => "is empty",
+            Self::NoScheme | Self::Scheme => {
+                "must start with http:// or https:// (the proxies Scrapy can use), as in \
+                 http://user:password@host:port"
+            }
+            Self::Tail => {
+                "must have nothing after host:port (no path, query or fragment); in credentials, \
+                 write '/', '?', '#' and '@' as %2F, %3F, %23 and %40"
+            }
+            Self::NoPort => "has no port (expected scheme://[user:password@]host:port)",
+            Self::Port => "port must be a number between 1 and 65535",
+            Self::Host => "has no valid host (a name, an IPv4 address or an [IPv6] address)",
+            Self::NoUser => {
+                "has credentials without a user (expected scheme://user:password@host:port)"
+            }
+            Self::UserHasColon => "user must not contain ':' (after percent-decoding)",
+        })
+    }
+}
 
 /// Any error of the core; the binding maps each variant to one Python exception.
 #[derive(Debug, Clone, PartialEq)]

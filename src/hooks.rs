@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 
 use crate::binding::Core;
+use crate::provider::{Gateway, Provider};
 
 /// Meta key of the attempt in flight: `(session index, retry_times when it was sent)`. The
 /// meta keys are exported to the Python runtime, so they are spelled only here.
@@ -18,13 +19,15 @@ pub const ATTEMPT: &str = "_hex_attempt";
 pub const FAILED: &str = "_hex_failed";
 /// Meta key of the public session id of the attempt.
 pub const SESSION: &str = "hex_session";
+/// Meta key where Scrapy's HttpProxyMiddleware notes which proxy the `Proxy-Authorization`
+/// header belongs to (2.11 ... 2.19); it drops the header when `meta["proxy"]` differs.
+const AUTH_PROXY: &str = "_auth_proxy";
 
 /// What both hook classes share: the core and what `assign` writes. Nothing here refers back
 /// to Python objects that could form a cycle.
 struct Shared {
     core: Py<Core>,
-    /// The gateway URL without credentials, for `meta["proxy"]`.
-    proxy_url: Py<PyString>,
+    route: Route,
     /// Scrapy's `Headers`, when the runtime found that the request keeps its meta, headers
     /// and encoding in the slots `_meta`, `_headers` and `_encoding` (None until first use)
     /// and that headers can be made without running `Headers.__init__` (Scrapy >= 2.13).
@@ -36,16 +39,53 @@ struct Shared {
     header_name: Py<PyBytes>,
 }
 
+/// Where `assign` sends an attempt, and with which credentials.
+enum Route {
+    /// One URL (the runtime's `proxy_url`); the username, so the header, is made per attempt.
+    Gateway { url: Py<PyString>, gateway: Gateway },
+    /// A proxy per session: each one's URL and header made once, at start (a list is small).
+    List(Box<[Listed]>),
+}
+
+struct Listed {
+    url: Py<PyString>,
+    /// `None`: a proxy without credentials.
+    header: Option<Py<PyBytes>>,
+}
+
+impl Route {
+    fn new(runtime: &Bound<'_, PyAny>, core: &Core) -> PyResult<Self> {
+        let py = runtime.py();
+        Ok(match &core.engine().config().provider {
+            Provider::Gateway(gateway) => Self::Gateway {
+                url: runtime
+                    .getattr("proxy_url")?
+                    .cast_into::<PyString>()?
+                    .unbind(),
+                gateway: gateway.clone(),
+            },
+            Provider::List(list) => Self::List(
+                list.iter()
+                    .map(|proxy| Listed {
+                        url: PyString::new(py, proxy.url()).unbind(),
+                        header: proxy
+                            .header()
+                            .map(|header| PyBytes::new(py, header.as_bytes()).unbind()),
+                    })
+                    .collect(),
+            ),
+        })
+    }
+}
+
 impl Shared {
     fn new(runtime: &Bound<'_, PyAny>) -> PyResult<Self> {
         let py = runtime.py();
         let fresh = runtime.getattr("fresh_headers_type")?;
+        let core = runtime.getattr("core")?.cast_into::<Core>()?;
         Ok(Self {
-            core: runtime.getattr("core")?.cast_into::<Core>()?.unbind(),
-            proxy_url: runtime
-                .getattr("proxy_url")?
-                .cast_into::<PyString>()?
-                .unbind(),
+            route: Route::new(runtime, core.get())?,
+            core: core.unbind(),
             fresh_headers: if fresh.is_none() {
                 None
             } else {
@@ -57,7 +97,8 @@ impl Shared {
     }
 
     /// Sends this attempt through session `index`: the proxy and session in meta, the
-    /// session's credentials in the `Proxy-Authorization` header.
+    /// session's credentials in the `Proxy-Authorization` header (none for a listed proxy
+    /// without credentials).
     fn assign(
         &self,
         py: Python<'_>,
@@ -70,22 +111,62 @@ impl Shared {
             Some(times) => times,
             None => 0_u32.into_pyobject(py)?.into_any(),
         };
-        meta.set_item(intern!(py, "proxy"), self.proxy_url.bind(py))?;
         let id = engine.session(index)?;
+        let (url, header) = match &self.route {
+            Route::Gateway { url, gateway } => {
+                let header = PyBytes::new_with(py, gateway.proxy_authorization_len(&id), |out| {
+                    gateway.write_proxy_authorization(&id, out);
+                    Ok(())
+                })?;
+                (url, Some(header))
+            }
+            Route::List(listed) => {
+                let Listed { url, header } = &listed[index as usize];
+                let header = header.as_ref().map(|header| header.bind(py).clone());
+                self.note_auth_proxy(py, request, meta, url, header.is_some())?;
+                (url, header)
+            }
+        };
+        meta.set_item(intern!(py, "proxy"), url.bind(py))?;
         meta.set_item(intern!(py, SESSION), PyString::new(py, id.as_str()))?;
         meta.set_item(
             intern!(py, ATTEMPT),
             PyTuple::new(py, [index.into_pyobject(py)?.into_any(), retry_times])?,
         )?;
-        let credentials = &engine.config().credentials;
-        let header = PyBytes::new_with(py, credentials.proxy_authorization_len(index), |out| {
-            credentials.write_proxy_authorization(index, out);
-            Ok(())
-        })?;
+        let Some(header) = header else {
+            return Ok(());
+        };
         // The key as `Headers` normalises it, stored as `Headers.__setitem__` would (a list of
         // bytes) without running its normalisation: the value is already bytes.
         let headers = self.headers(py, request)?;
         headers.set_item(self.header_name.bind(py), PyList::new(py, [header])?)
+    }
+
+    /// With a list, the proxy may change between attempts of a request. Scrapy's
+    /// HttpProxyMiddleware drops a `Proxy-Authorization` header it noted for another proxy,
+    /// so note it for this one; and a proxy without credentials must not keep the header of
+    /// the previous attempt's proxy.
+    fn note_auth_proxy(
+        &self,
+        py: Python<'_>,
+        request: &Bound<'_, PyAny>,
+        meta: &Bound<'_, PyDict>,
+        url: &Py<PyString>,
+        has_header: bool,
+    ) -> PyResult<()> {
+        let key = intern!(py, AUTH_PROXY);
+        if has_header {
+            return meta.set_item(key, url.bind(py));
+        }
+        if meta.contains(key)? {
+            meta.del_item(key)?;
+        }
+        let headers = self.headers(py, request)?;
+        let name = self.header_name.bind(py);
+        if headers.contains(name)? {
+            headers.del_item(name)?;
+        }
+        Ok(())
     }
 
     fn meta<'py>(&self, request: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {

@@ -1,11 +1,13 @@
 //! Rust core of scrapy-hexproxy: the sticky-session pool, failure tracking, blacklist timing,
 //! retry policy and stats. Plain Rust; the Python binding is the `python` feature.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod pool;
+pub mod provider;
 pub mod retry;
 pub mod session;
 pub mod stats;
@@ -32,6 +34,8 @@ mod _core {
     const FAILED_KEY: &str = crate::hooks::FAILED;
     #[pymodule_export]
     const SESSION_KEY: &str = crate::hooks::SESSION;
+    #[pymodule_export]
+    const DEFAULT_USERNAME_TEMPLATE: &str = crate::provider::DEFAULT_TEMPLATE;
 
     #[pymodule_export]
     const BLACKLISTED: u32 = crate::engine::BLACKLISTED;
@@ -39,6 +43,8 @@ mod _core {
     const AUTH_FAILED: u32 = crate::engine::AUTH_FAILED;
     #[pymodule_export]
     const FAILED: u32 = crate::engine::FAILED;
+    #[pymodule_export]
+    const PROXY_REJECTED: u32 = crate::engine::PROXY_REJECTED;
     #[pymodule_export]
     const PASS: u32 = crate::retry::Decision::Pass as u32;
     #[pymodule_export]
