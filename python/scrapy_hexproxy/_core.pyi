@@ -21,6 +21,13 @@ from then on, and ``pick`` hands out no session any more."""
 FAILED: Final = 4
 """Flag returned by ``record_*``: the attempt counted as a failure of its session."""
 
+PROXY_REJECTED: Final = 8
+"""Flag returned by ``record_status`` / ``record_refusal``, proxy list only: this 407 brought the
+session's proxy to ``auth_failures_to_close`` consecutive 407s (again, after a success)."""
+
+DEFAULT_USERNAME_TEMPLATE: Final = "{user}-session-{session}"
+"""The default ``username_template``: the gateway username of the original guide."""
+
 PASS: Final = 0
 """``decide_retry``: not a retry case, hand the response or exception on unchanged."""
 
@@ -59,6 +66,8 @@ class Core:
         auth_failures_to_close: int,
         user: str,
         password: str,
+        username_template: str = ...,
+        proxies: Sequence[tuple[str, str]] | None = None,
         manual_clock: bool = False,
         seed: int | None = None,
     ) -> None:
@@ -67,6 +76,13 @@ class Core:
         Raises ``ValueError`` naming the ``HEX_PROXY_*`` setting that is out of range (the
         password is never part of the message). ``manual_clock=True`` starts a clock at 0 that
         only ``advance`` moves; ``seed`` (``0 <= seed < 2**64``) makes the picks reproducible.
+
+        With a gateway, ``username_template`` (default ``DEFAULT_USERNAME_TEMPLATE``) makes the
+        username of each session from ``{user}`` and ``{session}``. ``proxies`` replaces the
+        gateway with a list: ``(source, "scheme://[user[:password]@]host:port")`` pairs, source
+        naming the entry in errors (``"HEX_PROXY_LIST entry 3"``); each distinct proxy is one
+        session, in list order, exact repeats kept once (``duplicate_proxies``); ``user``,
+        ``password``, ``username_template`` and ``pool_size`` are then not used.
         """
 
     def pick(self, exclude: tuple[int, ...] | None = None) -> int | None:
@@ -151,14 +167,28 @@ class Core:
         """True once ``auth_failures_to_close`` consecutive 407s were recorded."""
 
     @property
-    def user(self) -> str:
-        """The gateway user (``HEX_PROXY_USER``); the password is never exposed."""
+    def user(self) -> str | None:
+        """The gateway user (``HEX_PROXY_USER``); ``None`` with a proxy list. The password is
+        never exposed."""
+
+    def proxy_label(self, index: int) -> str | None:
+        """The session's proxy as a person may see it, ``http://user:***@host:port`` (no
+        password); ``None`` with a gateway."""
+
+    def proxy_source(self, index: int) -> str | None:
+        """Where the session's proxy was listed (``"HEX_PROXY_LIST entry 3"``); ``None`` with a
+        gateway."""
+
+    @property
+    def duplicate_proxies(self) -> list[tuple[str, str]]:
+        """``(kept, dropped)`` sources of the list entries that repeated an earlier entry exactly
+        (same URL and credentials); empty with a gateway."""
 
 class _Runtime(Protocol):
     """What the hooks need of ``scrapy_hexproxy._runtime.Runtime``."""
 
     core: Core
-    proxy_url: str
+    proxy_url: str | None
     fresh_headers_type: type | None
 
 class ProxyHooks:

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 
 from . import _core
 from ._logstats import PoolHealth
-from ._settings import HexProxyConfigError, HexSettings, read_settings
+from ._settings import HexProxyConfigError, HexSettings, check_pool_size, read_settings
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -118,7 +118,9 @@ class Runtime:
             self.core = _core.Core(**settings.core_kwargs)
         except (ValueError, OverflowError) as exc:  # the core names the setting
             raise HexProxyConfigError(str(exc)) from None
-        self.proxy_url = settings.gateway.url
+        check_pool_size(settings, self.core.pool_size)
+        # The gateway's URL for meta["proxy"]; a list's URLs are the core's.
+        self.proxy_url = None if settings.gateway is None else settings.gateway.url
         self.fresh_headers_type = _fresh_headers_type()  # the core's fast path, if it holds
         self.transport_exceptions = _transport_exceptions()
         self._waiters: list[Deferred[None]] = []
@@ -137,7 +139,11 @@ class Runtime:
         """Once the gateway has rejected the credentials, nothing more is sent with them (the
         core then hands out no session, so requests reach this through ``wait_and_assign``)."""
         if self.core.auth_failed:
-            raise IgnoreRequest("scrapy-hexproxy: the gateway rejected the credentials")
+            raise IgnoreRequest(
+                "scrapy-hexproxy: the gateway rejected the credentials"
+                if self.settings.gateway is not None
+                else "scrapy-hexproxy: every proxy of the list rejected its credentials"
+            )
 
     async def wait_and_assign(
         self, request: Request, assign: Callable[[Request, int], None]
@@ -230,22 +236,51 @@ class Runtime:
         if flags & _core.BLACKLISTED:
             logger.warning(
                 "hex_proxy: session %s blacklisted for %gs after %d consecutive failures",
-                self.core.session_id(index),
+                self.session_name(index),
                 self.settings.core_kwargs["cooldown"],
                 self.settings.core_kwargs["max_failures"],
+            )
+        if flags & _core.PROXY_REJECTED:
+            logger.error(
+                "hex_proxy: proxy %s rejected its credentials with %d consecutive 407"
+                " responses: check that entry. The other proxies carry on.",
+                self.session_name(index),
+                self.settings.core_kwargs["auth_failures_to_close"],
             )
         if flags & _core.AUTH_FAILED:
             self._stop_for_bad_credentials()
 
+    def session_name(self, index: int) -> str:
+        """The session id; with a proxy list, also its proxy (no password) and entry."""
+        session = self.core.session_id(index)
+        label = self.core.proxy_label(index)
+        if label is None:
+            return session
+        return f"{session} ({label}, {self.core.proxy_source(index)})"
+
     def _stop_for_bad_credentials(self) -> None:
-        logger.error(
-            "hex_proxy: the gateway %s rejected user %r with %d consecutive 407 responses:"
-            " check HEX_PROXY_USER and HEX_PROXY_PASS. Closing the spider (%s).",
-            self.settings.gateway.host,
-            self.core.user,
-            self.settings.core_kwargs["auth_failures_to_close"],
-            AUTH_FAILED_REASON,
-        )
+        gateway = self.settings.gateway
+        if gateway is not None:
+            logger.error(
+                "hex_proxy: the gateway %s rejected user %r with %d consecutive 407 responses:"
+                " check HEX_PROXY_USER and HEX_PROXY_PASS. Closing the spider (%s).",
+                gateway.host,
+                self.core.user,
+                self.settings.core_kwargs["auth_failures_to_close"],
+                AUTH_FAILED_REASON,
+            )
+        else:
+            logger.error(
+                "hex_proxy: every proxy of %s rejected its credentials (%d consecutive 407"
+                " responses each): %s. Closing the spider (%s).",
+                self.settings.proxy_list,
+                self.settings.core_kwargs["auth_failures_to_close"],
+                _listing(
+                    [self.session_name(i) for i in range(min(self.core.pool_size, _SHOWN))],
+                    self.core.pool_size,
+                ),
+                AUTH_FAILED_REASON,
+            )
         # Requests waiting for a session would hold the close up until a cooldown ends:
         # wake them, and they give up (check_credentials); so do any that come after.
         self.wake()
@@ -279,6 +314,17 @@ class Runtime:
         if stats is not None:
             for key, value in gauges.items():
                 stats.set_value(key, value)
+
+
+#: How many proxies a log line names at most (a list may be long).
+_SHOWN = 10
+
+
+def _listing(names: list[str], total: int) -> str:
+    """The first of ``total`` names, joined; says how many more there are."""
+    shown = names[:_SHOWN]
+    more = total - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 
 def _late(crawler: Crawler, name: str) -> Any:

@@ -6,9 +6,13 @@ ranges are checked by the Rust core, whose messages also name the setting.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from . import _core
 
 #: Statuses retried by default (the guide's list).
 DEFAULT_RETRY_CODES = (403, 407, 408, 429, 500, 502, 503, 504)
@@ -16,6 +20,14 @@ DEFAULT_RETRY_CODES = (403, 407, 408, 429, 500, 502, 503, 504)
 DEFAULT_FAILURE_CODES = (403, 407, 429, *range(500, 600))
 
 _SWITCH_OFF = "set HEX_PROXY_ENABLED = False to switch the scrapy-hexproxy middlewares off"
+
+GATEWAY = "HEX_PROXY_GATEWAY"
+LIST = "HEX_PROXY_LIST"
+LIST_FILE = "HEX_PROXY_LIST_FILE"
+TEMPLATE = "HEX_PROXY_USERNAME_TEMPLATE"
+_GATEWAY_ONLY = ("HEX_PROXY_USER", "HEX_PROXY_PASS", TEMPLATE)
+#: A HEX_PROXY_LIST given as one string (``-s HEX_PROXY_LIST=...``) is cut at these.
+_LIST_SEPARATORS = re.compile(r"[\s,]+")
 
 
 class HexProxyConfigError(ValueError):
@@ -36,12 +48,17 @@ class Gateway:
 
 @dataclass(frozen=True)
 class HexSettings:
-    gateway: Gateway
+    #: None with a proxy list.
+    gateway: Gateway | None
     # Holds the password: kept out of the repr.
     core_kwargs: dict[str, Any] = field(repr=False)
     retry_priority_adjust: int
     #: Seconds between pool-health lines in the log; 0: none.
     logstats_interval: float = 60.0
+    #: The setting the proxy list came from (HEX_PROXY_LIST or HEX_PROXY_LIST_FILE), if any.
+    proxy_list: str | None = None
+    #: Whether HEX_PROXY_SESSION_POOL_SIZE was given (a list must then agree with it).
+    pool_size_set: bool = False
 
 
 def is_enabled(settings: Any) -> bool:
@@ -57,13 +74,17 @@ def is_enabled(settings: Any) -> bool:
     raise HexProxyConfigError(f"HEX_PROXY_ENABLED must be True or False, got {value!r}")
 
 
+def _is_set(value: Any) -> bool:
+    """None and a blank string (``-s NAME=``) mean unset."""
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
 def parse_gateway(value: Any) -> Gateway:
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if not _is_set(value):
         raise HexProxyConfigError(
             "HEX_PROXY_GATEWAY is not set: scrapy-hexproxy will not crawl from this machine's"
-            " own address. Set HEX_PROXY_GATEWAY = 'http://host:port' (your gateway), or "
-            + _SWITCH_OFF
-            + "."
+            " own address. Set HEX_PROXY_GATEWAY = 'http://host:port' (your gateway), or"
+            " HEX_PROXY_LIST / HEX_PROXY_LIST_FILE (your own proxies), or " + _SWITCH_OFF + "."
         )
     if not isinstance(value, str):
         raise HexProxyConfigError(
@@ -180,9 +201,112 @@ def _bool(settings: Any, name: str) -> bool:
         raise HexProxyConfigError(f"{name} must be True or False, got {value!r}") from None
 
 
+def _list_setting(settings: Any) -> str | None:
+    """Which proxy list setting is set, if any (not both; not beside the gateway)."""
+    given = [name for name in (LIST, LIST_FILE) if _is_set(settings.get(name))]
+    if len(given) == 2:
+        raise HexProxyConfigError(
+            f"{LIST} and {LIST_FILE} are both set: give the proxies in one of them"
+        )
+    if given and _is_set(settings.get(GATEWAY)):
+        raise HexProxyConfigError(
+            f"{GATEWAY} and {given[0]} are both set: use either one gateway or a list of"
+            f" proxies (unset {GATEWAY}, or {given[0]})"
+        )
+    return given[0] if given else None
+
+
+def read_proxy_list(settings: Any, setting: str) -> list[tuple[str, str]]:
+    """The entries of HEX_PROXY_LIST or HEX_PROXY_LIST_FILE as ``(source, text)``, source
+    naming the entry for error messages (``"HEX_PROXY_LIST entry 3"``). The core parses them."""
+    value = settings.get(setting)
+    if setting == LIST_FILE:
+        return _proxy_file(value)
+    if isinstance(value, str):
+        items: list[Any] = [item for item in _LIST_SEPARATORS.split(value) if item]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise HexProxyConfigError(
+            f"{LIST} must be a list of proxy URLs ('http://user:password@host:port'),"
+            f" got {type(value).__name__}"
+        )
+    entries = []
+    for position, item in enumerate(items, 1):
+        if not isinstance(item, str):
+            raise HexProxyConfigError(
+                f"{LIST} entry {position} must be a string, got {type(item).__name__}"
+            )
+        entries.append((f"{LIST} entry {position}", item))
+    if not entries:
+        raise HexProxyConfigError(f"{LIST} holds no proxy")
+    return entries
+
+
+def _proxy_file(value: Any) -> list[tuple[str, str]]:
+    if not isinstance(value, (str, os.PathLike)):
+        raise HexProxyConfigError(
+            f"{LIST_FILE} must be the path of a file, got {type(value).__name__}"
+        )
+    path = os.fspath(value)
+    text: str | None = None
+    try:
+        with open(path, encoding="utf-8-sig") as file:
+            text = file.read()
+    except OSError as exc:
+        raise HexProxyConfigError(
+            f"{LIST_FILE} {path!r} cannot be read: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except UnicodeDecodeError:
+        pass  # raised below, not in here: the error quotes the bytes, maybe a password
+    if text is None:
+        raise HexProxyConfigError(f"{LIST_FILE} {path!r} is not UTF-8 text")
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            entries.append((f"{LIST_FILE} line {number}", line))
+    if not entries:
+        raise HexProxyConfigError(
+            f"{LIST_FILE} {path!r} holds no proxy (one URL a line; blank lines and lines"
+            " starting with # are skipped)"
+        )
+    return entries
+
+
+def _template(settings: Any) -> str:
+    value = settings.get(TEMPLATE)
+    if value is None:
+        return _core.DEFAULT_USERNAME_TEMPLATE
+    if not isinstance(value, str):
+        raise HexProxyConfigError(f"{TEMPLATE} must be a string, got {type(value).__name__}")
+    return value
+
+
 def read_settings(settings: Any) -> HexSettings:
     """Every HEX_PROXY_* value, checked; raises HexProxyConfigError naming the setting."""
-    gateway = parse_gateway(settings.get("HEX_PROXY_GATEWAY"))
+    list_setting = _list_setting(settings)
+    if list_setting is None:
+        gateway: Gateway | None = parse_gateway(settings.get(GATEWAY))
+        provider: dict[str, Any] = {
+            "user": _text(settings, "HEX_PROXY_USER"),
+            "password": _text(settings, "HEX_PROXY_PASS"),
+            "username_template": _template(settings),
+        }
+    else:
+        for name in _GATEWAY_ONLY:
+            if _is_set(settings.get(name)):
+                raise HexProxyConfigError(
+                    f"{name} is set, but it is for {GATEWAY}; with {list_setting} each proxy"
+                    f" carries its own credentials ('http://user:password@host:port'):"
+                    f" unset {name}"
+                )
+        gateway = None
+        provider = {
+            "user": "",
+            "password": "",
+            "proxies": read_proxy_list(settings, list_setting),
+        }
     seed = settings.get("HEX_PROXY_SEED")
     core_kwargs: dict[str, Any] = {
         "pool_size": _int(settings, "HEX_PROXY_SESSION_POOL_SIZE", 20),
@@ -192,8 +316,7 @@ def read_settings(settings: Any) -> HexSettings:
         "retry_codes": _codes(settings, "HEX_PROXY_RETRY_CODES", DEFAULT_RETRY_CODES),
         "failure_codes": _codes(settings, "HEX_PROXY_FAILURE_CODES", DEFAULT_FAILURE_CODES),
         "auth_failures_to_close": _int(settings, "HEX_PROXY_AUTH_FAILURES_TO_CLOSE", 3),
-        "user": _text(settings, "HEX_PROXY_USER"),
-        "password": _text(settings, "HEX_PROXY_PASS"),
+        **provider,
         "manual_clock": _bool(settings, "HEX_PROXY_MANUAL_CLOCK"),
         "seed": None if seed is None else _int(settings, "HEX_PROXY_SEED", 0, minimum=0),
     }
@@ -202,4 +325,18 @@ def read_settings(settings: Any) -> HexSettings:
         core_kwargs=core_kwargs,
         retry_priority_adjust=_int(settings, "RETRY_PRIORITY_ADJUST", -1),
         logstats_interval=_seconds(settings, "HEX_PROXY_LOGSTATS_INTERVAL", 60.0),
+        proxy_list=list_setting,
+        pool_size_set=settings.get("HEX_PROXY_SESSION_POOL_SIZE") is not None,
+    )
+
+
+def check_pool_size(settings: HexSettings, pool_size: int) -> None:
+    """With a proxy list, each proxy is one session: a pool size given by hand must agree."""
+    wanted = settings.core_kwargs["pool_size"]
+    if settings.proxy_list is None or not settings.pool_size_set or wanted == pool_size:
+        return
+    raise HexProxyConfigError(
+        f"HEX_PROXY_SESSION_POOL_SIZE is {wanted}, but {settings.proxy_list} holds"
+        f" {pool_size} different proxies and each proxy is one session: unset"
+        " HEX_PROXY_SESSION_POOL_SIZE"
     )

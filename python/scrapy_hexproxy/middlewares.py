@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from scrapy.exceptions import NotConfigured
 
 from . import _core
-from ._runtime import Runtime
+from ._runtime import Runtime, _listing
 from ._settings import is_enabled
 
 if TYPE_CHECKING:
@@ -45,7 +45,10 @@ class HexProxyMiddleware(_core.ProxyHooks):
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         runtime = _runtime(crawler)
-        if runtime.settings.gateway.scheme == "https":
+        gateway = runtime.settings.gateway
+        if gateway is None:
+            _warn_about_the_list(runtime)
+        elif gateway.scheme == "https":
             logger.warning(
                 "hex_proxy: HEX_PROXY_GATEWAY is an https:// gateway; Scrapy cannot reach"
                 " https:// targets through an HTTPS proxy, only http:// ones. Use the gateway's"
@@ -115,6 +118,33 @@ class SmartRetryMiddleware(_core.RetryHooks):
             {"request": request, "times": retry_times + 1, "reason": reason},
         )
         return retry
+
+
+def _warn_about_the_list(runtime: Runtime) -> None:
+    """Once per crawl: entries kept once, and https:// proxies."""
+    core = runtime.core
+    duplicates = core.duplicate_proxies
+    if duplicates:
+        logger.warning(
+            "hex_proxy: %s repeats proxies exactly (same URL and credentials); each is one"
+            " session, kept once: %s",
+            runtime.settings.proxy_list,
+            _listing([f"{dropped} = {kept}" for kept, dropped in duplicates], len(duplicates)),
+        )
+    https = [
+        runtime.session_name(index)
+        for index in range(core.pool_size)
+        if (core.proxy_label(index) or "").startswith("https://")
+    ]
+    if https:
+        logger.warning(
+            "hex_proxy: %d proxies of %s are https:// proxies; Scrapy cannot reach https://"
+            " targets through an HTTPS proxy, only http:// ones. Use their http:// ports if"
+            " you crawl https:// sites: %s",
+            len(https),
+            runtime.settings.proxy_list,
+            _listing(https, len(https)),
+        )
 
 
 def _scrapy_retry_enabled(crawler: Crawler) -> bool:
