@@ -1,11 +1,14 @@
 """A loopback sticky-session proxy gateway for tests.
 
 :class:`Gateway` imitates a rotating proxy gateway on ``127.0.0.1``: it authenticates
-``Proxy-Authorization: Basic base64(<user>-session-<id>:<password>)``, lets a test script each
-session's behaviour (ban with a status, drop the connection, hang, fail for a while) and records
-every request. It never connects anywhere: it answers as the origin itself, for plain proxied
-requests (``GET http://site.test/page/3 HTTP/1.1``) and inside ``CONNECT`` tunnels, where it
-terminates TLS with a self-signed certificate (Scrapy does not verify certificates by default).
+``Proxy-Authorization: Basic base64(<user>-session-<id>:<password>)`` (or another spelling:
+``username_template``), lets a test script each session's behaviour (ban with a status, drop the
+connection, hang, fail for a while) and records every request. It can also play one proxy of a
+proxy list: ``accounts`` are further user/password pairs, each one session named after its user,
+and ``open_session`` serves requests without credentials. It never connects anywhere: it answers
+as the origin itself, for plain proxied requests (``GET http://site.test/page/3 HTTP/1.1``) and
+inside ``CONNECT`` tunnels, where it terminates TLS with a self-signed certificate (Scrapy does not
+verify certificates by default).
 
 It serves from daemon threads, not from the test's event loop, so it works under the asyncio
 reactor and the plain Twisted reactor alike::
@@ -49,12 +52,14 @@ import html
 import http
 import logging
 import os
+import re
 import selectors
 import socket
 import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -428,6 +433,25 @@ def _response(
     return out if head else out + body
 
 
+def _username_pattern(template: str, user: str | None) -> re.Pattern[str]:
+    """A regex for the usernames ``template`` makes (``{user}``, ``{session}``, ``{{``, ``}}``,
+    as HEX_PROXY_USERNAME_TEMPLATE); group ``session`` is the session. ``user=None``: any user
+    (to attribute a 407 for a wrong user to the session it names)."""
+    out = []
+    sessions = 0
+    for part in re.split(r"(\{\{|\}\}|\{user\}|\{session\})", template):
+        if part == "{session}":
+            out.append("(?P=session)" if sessions else "(?P<session>.+?)")
+            sessions += 1
+        elif part == "{user}":
+            out.append(".*?" if user is None else re.escape(user))
+        else:
+            out.append(re.escape({"{{": "{", "}}": "}"}.get(part, part)))
+    if not sessions:
+        raise ValueError(f"username_template must contain {{session}}, got {template!r}")
+    return re.compile("".join(out), re.DOTALL)
+
+
 def _origin_page(session: str, url: str) -> tuple[int, bytes, str]:
     """(status, body, content type) of the origin's answer for ``url``."""
     segs = urlsplit(url).path.split("/")
@@ -472,9 +496,20 @@ class Gateway:
         *,
         port: int = 0,
         keep_alive: bool = True,
+        username_template: str = "{user}-session-{session}",
+        accounts: Mapping[str, str] | None = None,
+        open_session: str | None = None,
     ) -> None:
         self.user = user
         self._password = password
+        # How session ids are read out of usernames (HEX_PROXY_USERNAME_TEMPLATE's syntax).
+        self.username_template = username_template
+        self._username = _username_pattern(username_template, user)
+        self._any_username = _username_pattern(username_template, None)
+        # Proxy-list accounts: user -> password, each one session named after the user.
+        self._accounts = dict(accounts or {})
+        # Requests without credentials are served as this session (an open proxy).
+        self.open_session = open_session
         self.port = port
         # False: "Connection: close" on every answer (see "Keep-alive and exact counts" above).
         self.keep_alive = keep_alive
@@ -685,6 +720,10 @@ class Gateway:
     def _authenticate(self, req: _Request) -> tuple[str | None, str | None, bool]:
         """(session, username, ok) from Proxy-Authorization."""
         value = req.header("proxy-authorization")
+        if self.open_session is not None:
+            # Served whatever it says; the username is recorded, so a test sees any sent.
+            username = None if value is None else self._username_of(value)
+            return self.open_session, username, True
         if value is None:
             return None, None, False
         scheme, _, token = value.strip().partition(" ")
@@ -697,16 +736,27 @@ class Gateway:
         username, sep, password = decoded.partition(":")
         if not sep:
             return None, None, False  # no "user:password" shape: record nothing of it
-        prefix = f"{self.user}-session-"
-        if username.startswith(prefix):
-            session: str | None = username[len(prefix) :] or None
-            ok = session is not None and hmac.compare_digest(
-                password.encode("utf-8"), self._password.encode("utf-8")
+        if username in self._accounts:
+            ok = hmac.compare_digest(
+                password.encode("utf-8"), self._accounts[username].encode("utf-8")
             )
-            return session, username, ok
+            return username, username, ok
+        named = self._username.fullmatch(username)
+        if named:
+            ok = hmac.compare_digest(password.encode("utf-8"), self._password.encode("utf-8"))
+            return named.group("session"), username, ok
         # Wrong user: still attribute the 407 to the session it names, if any.
-        _, marker, session_id = username.partition("-session-")
-        return (session_id if marker and session_id else None), username, False
+        named = self._any_username.fullmatch(username)
+        return (named.group("session") if named else None), username, False
+
+    @staticmethod
+    def _username_of(value: str) -> str | None:
+        scheme, _, token = value.strip().partition(" ")
+        try:
+            decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return None
+        return decoded.partition(":")[0] if scheme.lower() == "basic" else None
 
     def _handle_proxied(self, conn: _Conn, req: _Request) -> bool:
         """Serve one plain proxied request; False when the connection must close."""
