@@ -29,6 +29,8 @@ fn engine(pool_size: u32) -> Engine {
         password: "PASS".into(),
         username_template: scrapy_hexproxy::provider::DEFAULT_TEMPLATE.into(),
         proxies: None,
+        backoff_base: 0.0,
+        backoff_max: 60.0,
     };
     Engine::new(settings.validate().unwrap(), Clock::system(), Some(1))
 }

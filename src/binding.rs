@@ -48,6 +48,8 @@ impl Core {
         proxies = None,
         manual_clock = false,
         seed = None,
+        backoff_base = 0.0,
+        backoff_max = 60.0,
     ))]
     #[expect(
         clippy::too_many_arguments,
@@ -67,6 +69,8 @@ impl Core {
         proxies: Option<Vec<Entry>>,
         manual_clock: bool,
         seed: Option<u64>,
+        backoff_base: f64,
+        backoff_max: f64,
     ) -> PyResult<Self> {
         let settings = Settings {
             pool_size,
@@ -80,6 +84,8 @@ impl Core {
             password,
             username_template,
             proxies,
+            backoff_base,
+            backoff_max,
         };
         let config = settings.validate().map_err(Error::from)?;
         let clock = if manual_clock {
@@ -132,6 +138,17 @@ impl Core {
             .decide_retry(cause, clamp(retry_times), max_retry_times.map(clamp)) as u32
     }
 
+    // `retry_times` is the new copy's (1 for the first retry).
+    #[pyo3(signature = (retry_times, retry_after = None))]
+    fn retry_wait(&self, retry_times: i64, retry_after: Option<f64>) -> f64 {
+        let n = retry_times.clamp(0, u32::MAX.into()) as u32;
+        self.engine.retry_wait(n, retry_after).as_secs_f64()
+    }
+
+    fn retries_dropped(&self, count: u64) {
+        self.engine.retries_dropped(count);
+    }
+
     fn next_live_in(&self) -> f64 {
         self.engine.next_live_in().as_secs_f64()
     }
@@ -170,6 +187,11 @@ impl Core {
     #[getter]
     fn max_retries(&self) -> u32 {
         self.engine.config().max_retries
+    }
+
+    #[getter]
+    fn paced(&self) -> bool {
+        self.engine.paced()
     }
 
     #[getter]

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::error::ConfigError;
 use crate::pool::MAX_FAILURES;
 use crate::provider::{Entry, Gateway, Provider, ProxyList};
@@ -29,6 +30,9 @@ pub struct Settings {
     /// The proxy list instead of the gateway (`user`, `password`, the template and `pool_size`
     /// are then not used): `(source, entry)`, source naming it in errors.
     pub proxies: Option<Vec<Entry>>,
+    /// Seconds; 0 switches retry pacing off.
+    pub backoff_base: f64,
+    pub backoff_max: f64,
 }
 
 /// A validated configuration; only `Settings::validate` makes one.
@@ -42,6 +46,8 @@ pub struct Config {
     pub failure_codes: StatusSet,
     pub auth_failures_to_close: u32,
     pub provider: Provider,
+    /// Retry pacing; `None` when `HEX_PROXY_RETRY_BACKOFF_BASE` is 0 (off).
+    pub backoff: Option<Backoff>,
 }
 
 impl Settings {
@@ -80,6 +86,7 @@ impl Settings {
                 unbounded,
             )?,
             provider,
+            backoff: self.backoff()?,
         })
     }
 
@@ -98,6 +105,20 @@ impl Settings {
             self.password.clone(),
             &self.username_template,
         )
+    }
+
+    fn backoff(&self) -> Result<Option<Backoff>, ConfigError> {
+        let base = seconds("HEX_PROXY_RETRY_BACKOFF_BASE", self.backoff_base)?;
+        let max = seconds("HEX_PROXY_RETRY_BACKOFF_MAX", self.backoff_max)?;
+        Ok((base > 0.0).then(|| Backoff::new(base, max)))
+    }
+}
+
+/// A number of seconds a `Duration` can hold: finite and not negative.
+fn seconds(setting: &'static str, got: f64) -> Result<f64, ConfigError> {
+    match Duration::try_from_secs_f64(got) {
+        Ok(_) => Ok(got),
+        Err(_) => Err(ConfigError::Seconds { setting, got }),
     }
 }
 
@@ -157,6 +178,8 @@ pub(crate) fn example_settings() -> Settings {
         password: "s3cret-PASS".into(),
         username_template: crate::provider::DEFAULT_TEMPLATE.into(),
         proxies: None,
+        backoff_base: 0.0,
+        backoff_max: 60.0,
     }
 }
 
@@ -224,6 +247,29 @@ mod tests {
         );
         settings.cooldown = 0.0;
         assert_eq!(settings.validate().unwrap().cooldown, Duration::ZERO);
+    }
+
+    #[test]
+    fn backoff_is_off_at_base_zero_and_both_settings_are_checked() {
+        let config = example_settings().validate().unwrap();
+        assert_eq!(config.backoff, None);
+        let mut settings = example_settings();
+        settings.backoff_base = 0.5;
+        settings.backoff_max = 0.0;
+        assert_eq!(
+            settings.validate().unwrap().backoff,
+            Some(Backoff::new(0.5, 0.0))
+        );
+        for bad in [-1.0, -0.0001, f64::NAN, f64::INFINITY, 1e300] {
+            assert_eq!(
+                error_of(|s| s.backoff_base = bad),
+                format!(
+                    "HEX_PROXY_RETRY_BACKOFF_BASE must be a finite number of seconds >= 0, got {bad:?}"
+                )
+            );
+            // Checked even while pacing is off, so a typo does not wait for the day it is used.
+            assert!(error_of(|s| s.backoff_max = bad).starts_with("HEX_PROXY_RETRY_BACKOFF_MAX"));
+        }
     }
 
     #[test]

@@ -167,6 +167,29 @@ impl Engine {
         decision
     }
 
+    /// Whether retries are paced (`HEX_PROXY_RETRY_BACKOFF_BASE` above zero).
+    pub fn paced(&self) -> bool {
+        self.config.backoff.is_some()
+    }
+
+    /// How long the `n`-th retry of a request (`n` = the copy's `retry_times`, 1 for the first)
+    /// waits before it is downloaded: a draw from the backoff, or `retry_after` (the seconds a
+    /// `Retry-After` header asked for) capped by the max. Zero when pacing is off. The draw uses
+    /// the engine's rng, so a seeded engine repeats its waits.
+    pub fn retry_wait(&self, n: u32, retry_after: Option<f64>) -> Duration {
+        let Some(backoff) = &self.config.backoff else {
+            return Duration::ZERO;
+        };
+        let wait = backoff.wait(n, retry_after, &mut self.state.lock().rng);
+        self.stats.retry_wait(wait, retry_after.is_some());
+        wait
+    }
+
+    /// Counts retries that were still waiting when the spider closed.
+    pub fn retries_dropped(&self, count: u64) {
+        self.stats.retries_dropped(count);
+    }
+
     /// Whether a response with this status may be retried at all: the retry middleware's
     /// fast path hands every other response on without asking `decide_retry`.
     pub fn may_retry(&self, status: u16) -> bool {
@@ -433,6 +456,59 @@ mod tests {
         );
         assert_eq!(stat(&engine, "hex_proxy/retry"), 2);
         assert_eq!(stat(&engine, "hex_proxy/retry/max_exceeded"), 1);
+    }
+
+    #[test]
+    fn retry_waits_stay_within_the_backoff_and_are_counted() {
+        let engine = engine_with(|s| {
+            s.backoff_base = 1.0;
+            s.backoff_max = 5.0;
+        });
+        assert!(engine.paced());
+        let mut longest = Duration::ZERO;
+        for n in 1..=10 {
+            let cap = Duration::from_secs(5).min(Duration::from_secs(1 << n));
+            for _ in 0..100 {
+                let wait = engine.retry_wait(n, None);
+                assert!(wait <= cap, "n={n}: {wait:?}");
+                longest = longest.max(wait);
+            }
+        }
+        assert_eq!(engine.retry_wait(1, Some(9.5)), Duration::from_secs(5));
+        assert_eq!(engine.retry_wait(1, Some(0.0)), Duration::ZERO);
+        engine.retries_dropped(3);
+        // Every draw but the zero one waited; the max is the capped Retry-After.
+        assert_eq!(stat(&engine, "hex_proxy/retry/delayed"), 1001);
+        assert_eq!(stat(&engine, "hex_proxy/retry/retry_after"), 2);
+        assert_eq!(stat(&engine, "hex_proxy/retry/wait_ms_max"), 5000);
+        assert!(stat(&engine, "hex_proxy/retry/wait_ms_total") > 1000 * 5000 / 4);
+        assert_eq!(stat(&engine, "hex_proxy/retry/dropped_at_close"), 3);
+        assert!(longest > Duration::from_secs(4));
+    }
+
+    #[test]
+    fn seeded_engines_draw_the_same_waits() {
+        let waits = || {
+            let engine = engine_with(|s| s.backoff_base = 0.5);
+            (1..=8)
+                .map(|n| engine.retry_wait(n, None))
+                .collect::<Vec<_>>()
+        };
+        let first = waits();
+        assert_eq!(first, waits());
+        assert!(first.windows(2).any(|pair| pair[0] != pair[1]));
+    }
+
+    #[test]
+    fn base_zero_means_no_wait_and_no_stats_even_with_retry_after() {
+        let engine = engine();
+        assert!(!engine.paced());
+        for n in 1..=10 {
+            assert_eq!(engine.retry_wait(n, None), Duration::ZERO);
+        }
+        assert_eq!(engine.retry_wait(1, Some(30.0)), Duration::ZERO);
+        assert_eq!(stat(&engine, "hex_proxy/retry/delayed"), 0);
+        assert_eq!(stat(&engine, "hex_proxy/retry/retry_after"), 0);
     }
 
     #[test]

@@ -12,6 +12,11 @@ pub enum ConfigError {
         got: i64,
     },
     Cooldown(f64),
+    /// A number of seconds that is negative, NaN or too large.
+    Seconds {
+        setting: &'static str,
+        got: f64,
+    },
     StatusCode {
         setting: &'static str,
         got: i64,
@@ -66,6 +71,10 @@ impl fmt::Display for ConfigError {
             Self::Cooldown(got) => write!(
                 f,
                 "HEX_PROXY_BLACKLIST_COOLDOWN must be a finite number of seconds >= 0, got {got:?}"
+            ),
+            Self::Seconds { setting, got } => write!(
+                f,
+                "{setting} must be a finite number of seconds >= 0, got {got:?}"
             ),
             Self::StatusCode { setting, got } => write!(
                 f,

@@ -2,6 +2,7 @@
 //! retry policy and stats. Plain Rust; the Python binding is the `python` feature.
 
 pub mod auth;
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod engine;

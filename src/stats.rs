@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -18,6 +19,13 @@ pub struct Stats {
     blacklisted: AtomicU64,
     retry: AtomicU64,
     retry_max_exceeded: AtomicU64,
+    /// Retry pacing: retries given a wait above zero, waits set by Retry-After, the waits in
+    /// milliseconds (sum and longest), retries still waiting when the spider closed.
+    retry_delayed: AtomicU64,
+    retry_after: AtomicU64,
+    retry_wait_ms_total: AtomicU64,
+    retry_wait_ms_max: AtomicU64,
+    retries_dropped: AtomicU64,
 }
 
 impl Default for Stats {
@@ -28,6 +36,11 @@ impl Default for Stats {
             blacklisted: AtomicU64::new(0),
             retry: AtomicU64::new(0),
             retry_max_exceeded: AtomicU64::new(0),
+            retry_delayed: AtomicU64::new(0),
+            retry_after: AtomicU64::new(0),
+            retry_wait_ms_total: AtomicU64::new(0),
+            retry_wait_ms_max: AtomicU64::new(0),
+            retries_dropped: AtomicU64::new(0),
         }
     }
 }
@@ -60,6 +73,23 @@ impl Stats {
         bump(&self.retry_max_exceeded);
     }
 
+    pub fn retry_wait(&self, wait: Duration, from_retry_after: bool) {
+        if from_retry_after {
+            bump(&self.retry_after);
+        }
+        if wait.is_zero() {
+            return;
+        }
+        bump(&self.retry_delayed);
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.retry_wait_ms_total.fetch_add(ms, Ordering::Relaxed);
+        self.retry_wait_ms_max.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    pub fn retries_dropped(&self, count: u64) {
+        self.retries_dropped.fetch_add(count, Ordering::Relaxed);
+    }
+
     /// Every nonzero counter plus the two session gauges, sorted by key.
     pub fn snapshot(&self, live: u32, cooling: u32) -> Vec<(String, u64)> {
         let by_status = (FIRST_STATUS..)
@@ -75,6 +105,11 @@ impl Stats {
             ("blacklisted", &self.blacklisted),
             ("retry", &self.retry),
             ("retry/max_exceeded", &self.retry_max_exceeded),
+            ("retry/delayed", &self.retry_delayed),
+            ("retry/retry_after", &self.retry_after),
+            ("retry/wait_ms_total", &self.retry_wait_ms_total),
+            ("retry/wait_ms_max", &self.retry_wait_ms_max),
+            ("retry/dropped_at_close", &self.retries_dropped),
         ]
         .map(|(name, count)| (format!("hex_proxy/{name}"), load(count)));
         let gauges = [("live", live), ("cooling", cooling)]
@@ -129,6 +164,10 @@ mod tests {
         stats.retry();
         stats.retry();
         stats.retry_max_exceeded();
+        stats.retry_wait(Duration::from_millis(1500), false);
+        stats.retry_wait(Duration::from_millis(250), true);
+        stats.retry_wait(Duration::ZERO, true);
+        stats.retries_dropped(2);
         let snapshot = stats.snapshot(18, 2);
         assert_eq!(
             keys(&snapshot),
@@ -139,7 +178,12 @@ mod tests {
                 "hex_proxy/failure/599",
                 "hex_proxy/failure/TunnelError",
                 "hex_proxy/retry",
+                "hex_proxy/retry/delayed",
+                "hex_proxy/retry/dropped_at_close",
                 "hex_proxy/retry/max_exceeded",
+                "hex_proxy/retry/retry_after",
+                "hex_proxy/retry/wait_ms_max",
+                "hex_proxy/retry/wait_ms_total",
                 "hex_proxy/sessions/cooling",
                 "hex_proxy/sessions/live",
             ]
@@ -148,5 +192,10 @@ mod tests {
         assert_eq!(get("hex_proxy/failure/429"), 2);
         assert_eq!(get("hex_proxy/retry"), 2);
         assert_eq!(get("hex_proxy/sessions/cooling"), 2);
+        assert_eq!(get("hex_proxy/retry/delayed"), 2);
+        assert_eq!(get("hex_proxy/retry/retry_after"), 2);
+        assert_eq!(get("hex_proxy/retry/wait_ms_total"), 1750);
+        assert_eq!(get("hex_proxy/retry/wait_ms_max"), 1500);
+        assert_eq!(get("hex_proxy/retry/dropped_at_close"), 2);
     }
 }
