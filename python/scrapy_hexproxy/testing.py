@@ -60,7 +60,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 __all__ = ["Behavior", "Gateway", "Record", "advance_clock"]
@@ -91,12 +91,15 @@ class Behavior:
     applies only to requests arriving within ``seconds`` of the moment the behaviour was set;
     later requests are answered normally. With ``tunnel`` set, a CONNECT is let through and the
     action applies to the requests inside the tunnel (the origin side failing, not the gateway).
+    ``headers`` are extra ``(name, value)`` response headers of a ``"status"`` answer (e.g.
+    ``Retry-After``, ``Date``).
     """
 
     action: str = "ok"
     status: int = 200
     seconds: float | None = None
     tunnel: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.action not in ("ok", "status", "close", "hang"):
@@ -107,6 +110,10 @@ class Behavior:
             raise ValueError(f"status must be an int in 200..599, got {self.status!r}")
         if self.seconds is not None and not self.seconds >= 0:
             raise ValueError(f"seconds must be >= 0, got {self.seconds!r}")
+        for header in self.headers:
+            name, value = header  # a pair, or this raises
+            if not _is_token(name) or any(c in value for c in "\r\n"):
+                raise ValueError(f"headers must be (token, one-line value) pairs, got {header!r}")
 
     @classmethod
     def normal(cls) -> Behavior:
@@ -114,9 +121,10 @@ class Behavior:
         return cls()
 
     @classmethod
-    def answer(cls, status: int) -> Behavior:
-        """Answer every request with ``status`` (body ``hexgate: <status>``)."""
-        return cls("status", status)
+    def answer(cls, status: int, headers: tuple[tuple[str, str], ...] = ()) -> Behavior:
+        """Answer every request with ``status`` (body ``hexgate: <status>``), with the extra
+        response ``headers`` given, e.g. ``(("Retry-After", "120"),)``."""
+        return cls("status", status, headers=tuple(headers))
 
     @classmethod
     def close(cls, *, tunnel: bool = False) -> Behavior:
@@ -157,6 +165,7 @@ class Record:
     behaviour or by the ``/status/N`` path), ``"closed"``, ``"hang"``, ``"auth"`` (407), or
     ``"bad_request"`` (400).
     ``session``: the session id, or None when none could be parsed from the username.
+    ``at``: when the gateway received it (``time.monotonic()``).
     """
 
     session: str | None
@@ -165,6 +174,7 @@ class Record:
     target: str
     outcome: str
     username: str | None
+    at: float = field(default=0.0, compare=False)
 
     @property
     def is_attempt(self) -> bool:
@@ -646,7 +656,7 @@ class Gateway:
             self._records.clear()
 
     def _record(self, *args: str | None) -> None:
-        rec = Record(*args)  # type: ignore[arg-type]
+        rec = Record(*args, at=time.monotonic())  # type: ignore[arg-type]
         with self._lock:
             self._records.append(rec)
 
@@ -808,6 +818,7 @@ class Gateway:
             status = behavior.status
             self._record(session, kind, req.method, url, f"status:{status}", username)
             body = f"hexgate: {status}".encode()
+            extra = (*extra, *behavior.headers)
             conn.sock.sendall(_response(status, body, extra=extra, head=head, close=close))
             return not close
         status, body, ctype = _origin_page(session, url)
