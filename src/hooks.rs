@@ -22,6 +22,8 @@ pub const SESSION: &str = "hex_session";
 /// Meta key where Scrapy's HttpProxyMiddleware notes which proxy the `Proxy-Authorization`
 /// header belongs to (2.11 ... 2.19); it drops the header when `meta["proxy"]` differs.
 const AUTH_PROXY: &str = "_auth_proxy";
+/// Meta key of a paced retry: the time on the core's clock before which it must not be sent.
+pub const NOT_BEFORE: &str = "_hex_not_before";
 
 /// What both hook classes share: the core and what `assign` writes. Nothing here refers back
 /// to Python objects that could form a cycle.
@@ -37,6 +39,8 @@ struct Shared {
     dict_new: Py<PyAny>,
     /// The header's name as `Headers` normalises it.
     header_name: Py<PyBytes>,
+    /// Retry pacing is on: a request may carry a time before which it must not be sent.
+    paced: bool,
 }
 
 /// Where `assign` sends an attempt, and with which credentials.
@@ -84,6 +88,7 @@ impl Shared {
         let fresh = runtime.getattr("fresh_headers_type")?;
         let core = runtime.getattr("core")?.cast_into::<Core>()?;
         Ok(Self {
+            paced: core.get().engine().paced(),
             route: Route::new(runtime, core.get())?,
             core: core.unbind(),
             fresh_headers: if fresh.is_none() {
@@ -286,6 +291,15 @@ impl ProxyHooks {
         if meta.contains(intern!(py, ATTEMPT))? {
             runtime_of(slf.as_any())?.call_method1(intern!(py, "settle_unobserved"), (request,))?;
         }
+        // A paced retry normally waits out of the downloader and arrives here due, without the
+        // key (the runtime's request_scheduled handler); one that bypassed the scheduler
+        // (`engine.download()`) still has it and waits here.
+        if shared.paced && meta.contains(intern!(py, NOT_BEFORE))? {
+            return Ok(Some(
+                runtime_of(slf.as_any())?
+                    .call_method1(intern!(py, "wait_until_due"), (request, slf))?,
+            ));
+        }
         let engine = shared.core.get().engine();
         let picked = match meta.get_item(intern!(py, FAILED))? {
             None => engine.pick(&[]),
@@ -367,7 +381,8 @@ impl RetryHooks {
             }
         }
         let reason = status.to_string();
-        let retry = slf.call_method1(intern!(py, "_retry"), (request, status, reason))?;
+        let retry =
+            slf.call_method1(intern!(py, "_retry"), (request, status, reason, &response))?;
         Ok(if retry.is_none() { response } else { retry })
     }
 }

@@ -37,6 +37,8 @@ mod _core {
     const SESSION_KEY: &str = crate::hooks::SESSION;
     #[pymodule_export]
     const DEFAULT_USERNAME_TEMPLATE: &str = crate::provider::DEFAULT_TEMPLATE;
+    #[pymodule_export]
+    const NOT_BEFORE_KEY: &str = crate::hooks::NOT_BEFORE;
 
     #[pymodule_export]
     const BLACKLISTED: u32 = crate::engine::BLACKLISTED;

@@ -43,6 +43,10 @@ FAILED_KEY: Final = "_hex_failed"
 SESSION_KEY: Final = "hex_session"
 """Meta key of the public session id of the attempt."""
 
+NOT_BEFORE_KEY: Final = "_hex_not_before"
+"""Meta key of a paced retry: the time on the core's clock (``Core.now``) before which it must
+not be sent."""
+
 GIVE_UP: Final = 2
 """``decide_retry``: retryable but out of retries (counted in ``hex_proxy/retry/max_exceeded``)."""
 
@@ -70,12 +74,15 @@ class Core:
         proxies: Sequence[tuple[str, str]] | None = None,
         manual_clock: bool = False,
         seed: int | None = None,
+        backoff_base: float = 0.0,
+        backoff_max: float = 60.0,
     ) -> None:
         """Validate the settings and build the pool with every session live.
 
         Raises ``ValueError`` naming the ``HEX_PROXY_*`` setting that is out of range (the
         password is never part of the message). ``manual_clock=True`` starts a clock at 0 that
-        only ``advance`` moves; ``seed`` (``0 <= seed < 2**64``) makes the picks reproducible.
+        only ``advance`` moves; ``seed`` (``0 <= seed < 2**64``) makes the picks and the retry
+        waits reproducible. ``backoff_base`` > 0 switches retry pacing on (see ``retry_wait``).
 
         With a gateway, ``username_template`` (default ``DEFAULT_USERNAME_TEMPLATE``) makes the
         username of each session from ``{user}`` and ``{session}``. ``proxies`` replaces the
@@ -128,6 +135,17 @@ class Core:
         ``retry_times`` meta); ``max_retry_times`` (meta) overrides ``max_retries``. Counts
         ``RETRY`` and ``GIVE_UP`` in the stats."""
 
+    def retry_wait(self, retry_times: int, retry_after: float | None = None) -> float:
+        """Seconds the retry whose ``retry_times`` (meta, 1 for the first retry) is ``n`` waits
+        before it is downloaded: uniform in ``[0, min(backoff_max, backoff_base * 2**n)]`` (full
+        jitter), or ``retry_after`` (what a ``Retry-After`` header asked for) capped by
+        ``backoff_max``. Always 0.0 while pacing is off. Counts ``hex_proxy/retry/delayed``,
+        ``.../retry_after``, ``.../wait_ms_total`` and ``.../wait_ms_max``."""
+
+    def retries_dropped(self, count: int) -> None:
+        """Count paced retries still waiting when the spider closed
+        (``hex_proxy/retry/dropped_at_close``)."""
+
     def next_live_in(self) -> float:
         """Seconds until a session is live again; 0.0 when one is live now."""
 
@@ -153,6 +171,10 @@ class Core:
     @property
     def max_retries(self) -> int:
         """Retries per request unless ``max_retry_times`` says otherwise."""
+
+    @property
+    def paced(self) -> bool:
+        """Whether retries are paced (``backoff_base`` > 0)."""
 
     @property
     def live_count(self) -> int:
@@ -195,7 +217,8 @@ class ProxyHooks:
     """The per-request hooks of ``HexProxyMiddleware``, which subclasses this.
 
     The subclass keeps the runtime in ``self._runtime``; the hooks call its
-    ``settle_unobserved``, ``wait_and_assign`` and ``_settled`` on the rare paths.
+    ``settle_unobserved``, ``wait_and_assign``, ``wait_until_due`` and ``_settled`` on the rare
+    paths.
     """
 
     def __new__(cls, runtime: _Runtime, *args: Any, **kwargs: Any) -> Self: ...
@@ -204,7 +227,9 @@ class ProxyHooks:
     ) -> Coroutine[Any, Any, None] | None:
         """Give the attempt a session: ``meta["proxy"]``, ``meta["hex_session"]``, the attempt
         token and the ``Proxy-Authorization`` header. With no live session, return the
-        runtime's coroutine that waits for one."""
+        runtime's coroutine that waits for one. A paced retry that still carries
+        ``NOT_BEFORE_KEY`` (it bypassed the scheduler) gets the runtime's coroutine that waits
+        until it is due, then does all this."""
 
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
@@ -216,7 +241,7 @@ class ProxyHooks:
 
 class RetryHooks:
     """The per-response hook of ``SmartRetryMiddleware``, which subclasses this and provides
-    ``_retry(request, status, reason) -> Request | None`` and ``self._runtime``."""
+    ``_retry(request, status, reason, response) -> Request | None`` and ``self._runtime``."""
 
     def __new__(cls, runtime: _Runtime, *args: Any, **kwargs: Any) -> Self: ...
     def process_response(

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 
 from . import _core
 from ._logstats import PoolHealth
+from ._pacing import NOT_BEFORE, Pacer
 from ._settings import HexProxyConfigError, HexSettings, check_pool_size, read_settings
 
 if TYPE_CHECKING:
@@ -131,6 +132,10 @@ class Runtime:
             manual_clock=settings.core_kwargs["manual_clock"],
         )
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
+        #: Retry pacing (HEX_PROXY_RETRY_BACKOFF_BASE > 0); None when off.
+        self.pacer: Pacer | None = None
+        if self.core.paced:
+            self.pacer = Pacer(crawler, self.core, settings.core_kwargs["manual_clock"])
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 
     # -- sessions -----------------------------------------------------------------------
@@ -162,6 +167,17 @@ class Runtime:
             self._schedule_wake()
             await maybe_deferred_to_future(waiter)
 
+    async def wait_until_due(self, request: Request, hooks: Any) -> None:
+        """A paced retry that bypassed the scheduler (``engine.download()``) reached the
+        downloader before its time: wait here, then give it a session as usual
+        (``hooks.process_request``, which may wait for one in turn)."""
+        due = request.meta.pop(NOT_BEFORE)
+        assert self.pacer is not None  # the core only calls this when pacing is on
+        await self.pacer.sleep_until(due)
+        waiting = hooks.process_request(request)
+        if waiting is not None:
+            await waiting
+
     def _forget(self, waiter: Deferred[None]) -> None:
         """A waiting download was cancelled: stop tracking it."""
         if waiter in self._waiters:
@@ -173,7 +189,8 @@ class Runtime:
         return len(self._waiters)
 
     def wake(self) -> None:
-        """Let the waiting requests try again (after a cooldown ended or the clock moved)."""
+        """Let the waiting requests try again (after a cooldown ended or the clock moved), and
+        the paced retries whose wait is over go."""
         if self._wake_call is not None and self._wake_call.active():
             self._wake_call.cancel()
         self._wake_call = None
@@ -181,6 +198,8 @@ class Runtime:
         for waiter in waiters:
             if not waiter.called:
                 waiter.callback(None)
+        if self.pacer is not None:
+            self.pacer.wake()
 
     def _schedule_wake(self) -> None:
         if self._wake_call is not None and self._wake_call.active():
@@ -308,6 +327,17 @@ class Runtime:
     def _spider_closed(self, spider: Any = None, reason: str = "") -> None:
         if self._wake_call is not None and self._wake_call.active():
             self._wake_call.cancel()
+        if self.pacer is not None:
+            dropped = self.pacer.close()
+            if dropped:
+                # As Scrapy drops its scheduler's queue on close (without JOBDIR).
+                self.core.retries_dropped(dropped)
+                logger.warning(
+                    "hex_proxy: the spider closed (%s) with %d retries still waiting for their"
+                    " backoff; they were dropped",
+                    reason,
+                    dropped,
+                )
         gauges = self.health.stop()
         self.publish_stats()
         stats = _late(self.crawler, "stats")

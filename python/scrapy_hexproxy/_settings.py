@@ -319,11 +319,17 @@ def read_settings(settings: Any) -> HexSettings:
         **provider,
         "manual_clock": _bool(settings, "HEX_PROXY_MANUAL_CLOCK"),
         "seed": None if seed is None else _int(settings, "HEX_PROXY_SEED", 0, minimum=0),
+        "backoff_base": _float(settings, "HEX_PROXY_RETRY_BACKOFF_BASE", 0.0),
+        "backoff_max": _float(settings, "HEX_PROXY_RETRY_BACKOFF_MAX", 60.0),
     }
+    # Scrapy's own setting stands in while ours is unset (Scrapy's default is -1 too).
+    priority_adjust = "HEX_PROXY_RETRY_PRIORITY_ADJUST"
+    if settings.get(priority_adjust) is None:
+        priority_adjust = "RETRY_PRIORITY_ADJUST"
     return HexSettings(
         gateway=gateway,
         core_kwargs=core_kwargs,
-        retry_priority_adjust=_int(settings, "RETRY_PRIORITY_ADJUST", -1),
+        retry_priority_adjust=_int(settings, priority_adjust, -1),
         logstats_interval=_seconds(settings, "HEX_PROXY_LOGSTATS_INTERVAL", 60.0),
         proxy_list=list_setting,
         pool_size_set=settings.get("HEX_PROXY_SESSION_POOL_SIZE") is not None,

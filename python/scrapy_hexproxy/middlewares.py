@@ -20,6 +20,7 @@ from ._settings import is_enabled
 if TYPE_CHECKING:
     from scrapy import Request, Spider
     from scrapy.crawler import Crawler
+    from scrapy.http import Response
     from typing_extensions import Self
 
 logger = logging.getLogger("scrapy_hexproxy")
@@ -98,7 +99,13 @@ class SmartRetryMiddleware(_core.RetryHooks):
         status = 407 if status == 407 else None
         return self._retry(request, status, f"{type(exception).__name__}: {exception}")
 
-    def _retry(self, request: Request, status: int | None, reason: str) -> Request | None:
+    def _retry(
+        self,
+        request: Request,
+        status: int | None,
+        reason: str,
+        response: Response | None = None,
+    ) -> Request | None:
         meta = request.meta
         retry_times = meta.get("retry_times", 0)
         decision = self._core.decide_retry(status, retry_times, meta.get("max_retry_times"))
@@ -113,9 +120,16 @@ class SmartRetryMiddleware(_core.RetryHooks):
         retry = request.replace(dont_filter=True)
         retry.meta["retry_times"] = retry_times + 1
         retry.priority = request.priority + meta.get("priority_adjust", self._priority_adjust)
+        pacer = self._runtime.pacer
+        wait = 0.0 if pacer is None else pacer.delay(retry, status, response)
         logger.debug(
-            "Retrying %(request)s on another session (failed %(times)d times): %(reason)s",
-            {"request": request, "times": retry_times + 1, "reason": reason},
+            "Retrying %(request)s on another session%(after)s (failed %(times)d times): %(reason)s",
+            {
+                "request": request,
+                "after": f" in {wait:.3f}s" if wait else "",
+                "times": retry_times + 1,
+                "reason": reason,
+            },
         )
         return retry
 

@@ -1,0 +1,233 @@
+"""Retry pacing: a retry waits out its backoff outside the downloader.
+
+A retry that waited inside the downloader middlewares would hold one of CONCURRENT_REQUESTS for
+its whole wait: a few waiting retries would stall the crawl. So ``SmartRetryMiddleware._retry``
+returns the copy at once, marked with the time on the core's clock before which it must not be
+sent (meta ``NOT_BEFORE``). When the engine schedules it, the ``request_scheduled`` handler here
+keeps it out of the scheduler (``IgnoreRequest``: Scrapy >= 2.11.2 then leaves it out without
+counting it as dropped) and parks it; once due it goes back to the engine (``engine.crawl``),
+passes the handler and is downloaded like any other request. While a retry is parked the
+``spider_idle`` handler keeps the spider open.
+
+A request that bypasses the scheduler (``engine.download()``) reaches
+``HexProxyMiddleware.process_request`` still marked; that waits in the downloader instead
+(``Runtime.wait_until_due``), the only place left.
+
+The pacer exists only when pacing is on (HEX_PROXY_RETRY_BACKOFF_BASE > 0), so a crawl without
+it runs no handler of ours per scheduled request.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import re
+import time
+from http.cookiejar import http2time
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.exceptions import DontCloseSpider, IgnoreRequest
+from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet.defer import Deferred
+
+from . import _core
+
+if TYPE_CHECKING:
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+
+logger = logging.getLogger("scrapy_hexproxy")
+
+#: meta key of a paced retry: the core-clock time before which it must not be sent.
+NOT_BEFORE = _core.NOT_BEFORE_KEY
+
+#: Statuses whose Retry-After header sets the wait (the two RFC 9110 gives it a meaning for
+#: that a retry can act on: 429 Too Many Requests and 503 Service Unavailable).
+RETRY_AFTER_STATUSES = (429, 503)
+
+# RFC 9110 delay-seconds is 1*DIGIT; a fraction is accepted too, as some servers send one.
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def retry_after_seconds(response: Response) -> float | None:
+    """The seconds a ``Retry-After`` header asks for; None if absent or malformed.
+
+    delay-seconds, or an HTTP-date: compared with the response's own ``Date`` header when it
+    has one (the server's clock, so clock skew does not matter), else with this machine's
+    clock. A date in the past means no wait (0.0).
+    """
+    value = response.headers.get(b"Retry-After")
+    if not value:
+        return None
+    text = value.decode("latin-1").strip()
+    if _DELAY_SECONDS.fullmatch(text):
+        return float(text)
+    when = http2time(text)
+    if when is None:
+        return None
+    date = response.headers.get(b"Date")
+    now = http2time(date.decode("latin-1")) if date else None
+    if now is None:
+        now = time.time()
+    return max(0.0, when - now)
+
+
+def _engine_open(engine: Any) -> bool:
+    """False while the engine is closing the spider: a retry let go then would be lost in the
+    scheduler's queue uncounted, so it stays parked and is counted as dropped at close. The
+    engine's slot is private (``slot`` on Scrapy 2.11, ``_slot`` on later ones); if neither is
+    there, assume open."""
+    for name in ("_slot", "slot"):
+        if hasattr(engine, name):
+            slot = getattr(engine, name)
+            return slot is not None and getattr(slot, "closing", None) is None
+    return True
+
+
+class Pacer:
+    """The retries of one crawler that wait for their backoff; one per runtime, if pacing is on."""
+
+    def __init__(self, crawler: Crawler, core: _core.Core, manual_clock: bool) -> None:
+        self._crawler = crawler
+        self._core = core
+        # A manual clock moves only in advance_clock(), which calls wake(): no timer then.
+        self._manual_clock = manual_clock
+        #: (due, order, request): a heap, the next due first; `order` keeps ties first-in first-out.
+        self._parked: list[tuple[float, int, Request]] = []
+        self._order = itertools.count()
+        #: (due, waiter) of requests waiting inside the downloader (see wait_until_due).
+        self._sleepers: list[tuple[float, Deferred[None]]] = []
+        self._timer: Any = None
+        self._timer_due = 0.0
+        # Held weakly (the default), as Scrapy's own extensions do: the runtime keeps the pacer
+        # as long as the crawler lives. Held strongly, they would keep the crawler alive in
+        # pydispatcher's global table whenever its spider never closes (close() disconnects).
+        for receiver, signal in self._receivers():
+            crawler.signals.connect(receiver, signal=signal)
+
+    def _receivers(self) -> tuple[tuple[Any, Any], ...]:
+        return (
+            (self._request_scheduled, signals.request_scheduled),
+            (self._spider_idle, signals.spider_idle),
+        )
+
+    @property
+    def parked(self) -> int:
+        """How many retries wait outside the downloader for their backoff to end."""
+        return len(self._parked)
+
+    def next_due(self) -> float | None:
+        """The core-clock time the next parked retry is due; None if none is parked."""
+        return self._parked[0][0] if self._parked else None
+
+    # -- marking --------------------------------------------------------------------------
+
+    def delay(self, retry: Request, status: int | None, response: Response | None) -> float:
+        """Draw the wait of ``retry`` (a fresh copy, its ``retry_times`` already raised) and
+        mark it with the time it is due. Returns the wait in seconds."""
+        retry_after = None
+        if response is not None and status in RETRY_AFTER_STATUSES:
+            retry_after = retry_after_seconds(response)
+        wait = self._core.retry_wait(retry.meta["retry_times"], retry_after)
+        if wait > 0:
+            retry.meta[NOT_BEFORE] = self._core.now() + wait
+        return wait
+
+    # -- signal handlers (never return a Deferred) -----------------------------------------
+
+    def _request_scheduled(self, request: Request, spider: Any = None) -> None:
+        meta = request.meta
+        due = meta.get(NOT_BEFORE)
+        if due is None:
+            return
+        if due <= self._core.now():
+            # Due: on to the scheduler, unmarked (so a crawl resumed from JOBDIR, whose clock
+            # starts again at zero, never sees a stale time).
+            del meta[NOT_BEFORE]
+            return
+        heapq.heappush(self._parked, (due, next(self._order), request))
+        self._arm()
+        raise IgnoreRequest("scrapy-hexproxy: retry parked until its backoff ends")
+
+    def _spider_idle(self, spider: Any = None) -> None:
+        if self._parked:
+            raise DontCloseSpider
+
+    # -- time -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Let the parked retries and waiting requests whose time has come go."""
+        self._cancel_timer()
+        now = self._core.now()
+        due: list[Request] = []
+        try:
+            engine = getattr(self._crawler, "engine", None)
+        except RuntimeError:  # Scrapy >= 2.14 raises before the crawl starts
+            engine = None
+        releasable = engine is not None and _engine_open(engine)
+        if releasable:
+            while self._parked and self._parked[0][0] <= now:
+                due.append(heapq.heappop(self._parked)[2])
+        sleepers = [waiter for at, waiter in self._sleepers if at <= now]
+        self._sleepers = [(at, waiter) for at, waiter in self._sleepers if at > now]
+        for request in due:
+            engine.crawl(request)
+        for waiter in sleepers:
+            if not waiter.called:
+                waiter.callback(None)
+        self._arm(releasable)
+
+    async def sleep_until(self, due: float) -> None:
+        """Wait, without blocking the reactor, until the core's clock reaches ``due``."""
+        while due > self._core.now():
+            waiter: Deferred[None] = Deferred(self._forget)
+            self._sleepers.append((due, waiter))
+            self._arm()
+            await maybe_deferred_to_future(waiter)
+
+    def _forget(self, waiter: Deferred[None]) -> None:
+        """A waiting download was cancelled: stop tracking it."""
+        self._sleepers = [(at, w) for at, w in self._sleepers if w is not waiter]
+
+    def _arm(self, releasable: bool = True) -> None:
+        """Set the timer for the next due time (system clock only). ``releasable=False``: the
+        engine is closing, parked retries stay where they are."""
+        if self._manual_clock:
+            return
+        dues = [at for at, _ in self._sleepers]
+        if self._parked and releasable:
+            dues.append(self._parked[0][0])
+        if not dues:
+            return
+        at = min(dues)
+        if self._timer is not None and self._timer.active():
+            if self._timer_due <= at:
+                return
+            self._timer.cancel()
+        from twisted.internet import reactor
+
+        self._timer_due = at
+        # The reactor's clock and the core's may differ by a hair: wake() re-arms if early.
+        self._timer = reactor.callLater(max(0.0, at - self._core.now()), self.wake)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- close ----------------------------------------------------------------------------
+
+    def close(self) -> int:
+        """The spider closed: forget everything; returns how many parked retries were dropped."""
+        self._cancel_timer()
+        dropped = len(self._parked)
+        self._parked.clear()
+        sleepers, self._sleepers = self._sleepers, []
+        for _, waiter in sleepers:
+            waiter.cancel()
+        for receiver, signal in self._receivers():
+            self._crawler.signals.disconnect(receiver, signal=signal)
+        return dropped
