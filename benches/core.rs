@@ -31,6 +31,9 @@ fn engine(pool_size: u32) -> Engine {
         proxies: None,
         backoff_base: 0.0,
         backoff_max: 60.0,
+        on_blacklist: "cooldown".into(),
+        session_max_uses: 0,
+        session_max_age: 0.0,
     };
     Engine::new(settings.validate().unwrap(), Clock::system(), Some(1))
 }

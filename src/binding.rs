@@ -50,6 +50,9 @@ impl Core {
         seed = None,
         backoff_base = 0.0,
         backoff_max = 60.0,
+        on_blacklist = "cooldown".to_owned(),
+        session_max_uses = 0,
+        session_max_age = 0.0,
     ))]
     #[expect(
         clippy::too_many_arguments,
@@ -71,6 +74,9 @@ impl Core {
         seed: Option<u64>,
         backoff_base: f64,
         backoff_max: f64,
+        on_blacklist: String,
+        session_max_uses: i64,
+        session_max_age: f64,
     ) -> PyResult<Self> {
         let settings = Settings {
             pool_size,
@@ -86,6 +92,9 @@ impl Core {
             proxies,
             backoff_base,
             backoff_max,
+            on_blacklist,
+            session_max_uses,
+            session_max_age,
         };
         let config = settings.validate().map_err(Error::from)?;
         let clock = if manual_clock {
@@ -99,28 +108,32 @@ impl Core {
     }
 
     #[pyo3(signature = (exclude = None))]
-    fn pick(&self, exclude: Option<Vec<u32>>) -> Option<u32> {
+    fn pick(&self, exclude: Option<Vec<u32>>) -> Option<u64> {
         self.engine.pick(exclude.as_deref().unwrap_or_default())
     }
 
-    fn session_id(&self, index: i64) -> PyResult<String> {
-        Ok(self.engine.session_id(self.index(index)?)?)
+    fn session_id(&self, number: i64) -> PyResult<String> {
+        Ok(self.engine.session_id(self.number(number)?)?)
     }
 
-    fn record_status(&self, index: i64, status: u16) -> PyResult<u32> {
-        Ok(self.engine.record_status(self.index(index)?, status)?)
+    fn slot(&self, number: i64) -> PyResult<u32> {
+        Ok(self.engine.slot(self.number(number)?)?)
     }
 
-    fn record_success(&self, index: i64) -> PyResult<()> {
-        Ok(self.engine.record_success(self.index(index)?)?)
+    fn record_status(&self, number: i64, status: u16) -> PyResult<u32> {
+        Ok(self.engine.record_status(self.number(number)?, status)?)
     }
 
-    fn record_exception(&self, index: i64, reason: &str) -> PyResult<u32> {
-        Ok(self.engine.record_exception(self.index(index)?, reason)?)
+    fn record_success(&self, number: i64) -> PyResult<()> {
+        Ok(self.engine.record_success(self.number(number)?)?)
     }
 
-    fn record_refusal(&self, index: i64, status: u16) -> PyResult<u32> {
-        Ok(self.engine.record_refusal(self.index(index)?, status)?)
+    fn record_exception(&self, number: i64, reason: &str) -> PyResult<u32> {
+        Ok(self.engine.record_exception(self.number(number)?, reason)?)
+    }
+
+    fn record_refusal(&self, number: i64, status: u16) -> PyResult<u32> {
+        Ok(self.engine.record_refusal(self.number(number)?, status)?)
     }
 
     // `status=None` stands for a transport exception.
@@ -157,7 +170,7 @@ impl Core {
     fn next_back(&self) -> PyResult<Option<(String, f64)>> {
         self.engine
             .next_back()
-            .map(|(index, until)| Ok((self.engine.session_id(index)?, until.as_secs_f64())))
+            .map(|(number, until)| Ok((self.engine.session_id(number)?, until.as_secs_f64())))
             .transpose()
     }
 
@@ -217,13 +230,13 @@ impl Core {
 
     /// The session's proxy without its password (`http://user:***@host:port`); `None` with a
     /// gateway.
-    fn proxy_label(&self, index: i64) -> PyResult<Option<String>> {
-        Ok(self.proxy(index)?.map(Proxy::label))
+    fn proxy_label(&self, number: i64) -> PyResult<Option<String>> {
+        Ok(self.proxy(number)?.map(Proxy::label))
     }
 
     /// Where the session's proxy was listed (`"HEX_PROXY_LIST entry 3"`); `None` with a gateway.
-    fn proxy_source(&self, index: i64) -> PyResult<Option<String>> {
-        Ok(self.proxy(index)?.map(|proxy| proxy.source().to_owned()))
+    fn proxy_source(&self, number: i64) -> PyResult<Option<String>> {
+        Ok(self.proxy(number)?.map(|proxy| proxy.source().to_owned()))
     }
 
     /// `(kept, dropped)` sources of the list entries that repeated an earlier one exactly.
@@ -254,21 +267,20 @@ impl Core {
         &self.engine
     }
 
-    fn proxy(&self, index: i64) -> PyResult<Option<&Proxy>> {
-        let index = self.index(index)?;
-        self.engine.session(index)?; // the range check
+    fn proxy(&self, number: i64) -> PyResult<Option<&Proxy>> {
+        let slot = self.engine.slot(self.number(number)?)?;
         Ok(self
             .engine
             .config()
             .provider
             .list()
-            .map(|list| list.get(index)))
+            .map(|list| list.get(slot)))
     }
 
-    /// Python ints are unbounded; anything that is not a u32 is out of range too.
-    fn index(&self, index: i64) -> Result<u32, Error> {
-        u32::try_from(index).map_err(|_| Error::IndexOutOfRange {
-            index,
+    /// Python ints are unbounded; a negative number is out of range too.
+    fn number(&self, number: i64) -> Result<u64, Error> {
+        u64::try_from(number).map_err(|_| Error::IndexOutOfRange {
+            index: number,
             pool_size: self.pool_size(),
         })
     }

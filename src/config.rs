@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::error::ConfigError;
+use crate::identity::OnBlacklist;
 use crate::pool::MAX_FAILURES;
 use crate::provider::{Entry, Gateway, Provider, ProxyList};
 
@@ -33,6 +34,9 @@ pub struct Settings {
     /// Seconds; 0 switches retry pacing off.
     pub backoff_base: f64,
     pub backoff_max: f64,
+    pub on_blacklist: String,
+    pub session_max_uses: i64,
+    pub session_max_age: f64,
 }
 
 /// A validated configuration; only `Settings::validate` makes one.
@@ -48,6 +52,26 @@ pub struct Config {
     pub provider: Provider,
     /// Retry pacing; `None` when `HEX_PROXY_RETRY_BACKOFF_BASE` is 0 (off).
     pub backoff: Option<Backoff>,
+    pub on_blacklist: OnBlacklist,
+    /// Hand-outs after which an id is rotated; 0 = never.
+    pub max_uses: u32,
+    /// Age (from its first hand-out) at which an id is rotated; zero = never.
+    pub max_age: Duration,
+}
+
+impl Config {
+    /// The first setting that makes session ids rotate, if any does.
+    pub fn rotation_setting(&self) -> Option<&'static str> {
+        if self.on_blacklist == OnBlacklist::Rotate {
+            Some("HEX_PROXY_ON_BLACKLIST = \"rotate\"")
+        } else if self.max_uses > 0 {
+            Some("HEX_PROXY_SESSION_MAX_USES")
+        } else if !self.max_age.is_zero() {
+            Some("HEX_PROXY_SESSION_MAX_AGE")
+        } else {
+            None
+        }
+    }
 }
 
 impl Settings {
@@ -57,7 +81,7 @@ impl Settings {
             Some(entries) => Provider::List(ProxyList::parse(entries)?),
         };
         let unbounded = i64::from(u32::MAX);
-        Ok(Config {
+        let config = Config {
             // A list's proxies are its sessions.
             pool_size: match &provider {
                 Provider::Gateway(_) => in_range(
@@ -87,7 +111,27 @@ impl Settings {
             )?,
             provider,
             backoff: self.backoff()?,
-        })
+            on_blacklist: match self.on_blacklist.to_ascii_lowercase().as_str() {
+                "cooldown" => OnBlacklist::Cooldown,
+                "rotate" => OnBlacklist::Rotate,
+                _ => return Err(ConfigError::OnBlacklist(self.on_blacklist.clone())),
+            },
+            max_uses: in_range(
+                "HEX_PROXY_SESSION_MAX_USES",
+                self.session_max_uses,
+                0,
+                unbounded,
+            )?,
+            max_age: Duration::from_secs_f64(seconds(
+                "HEX_PROXY_SESSION_MAX_AGE",
+                self.session_max_age,
+            )?),
+        };
+        // A listed proxy is one fixed identity: there is no session id to rotate.
+        if let (Some(_), Some(setting)) = (config.provider.list(), config.rotation_setting()) {
+            return Err(ConfigError::RotationWithList(setting));
+        }
+        Ok(config)
     }
 
     fn gateway(&self) -> Result<Gateway, ConfigError> {
@@ -180,6 +224,9 @@ pub(crate) fn example_settings() -> Settings {
         proxies: None,
         backoff_base: 0.0,
         backoff_max: 60.0,
+        on_blacklist: "cooldown".into(),
+        session_max_uses: 0,
+        session_max_age: 0.0,
     }
 }
 
@@ -206,6 +253,30 @@ mod tests {
         assert!(!config.failure_codes.contains(404));
         assert!(config.retry_codes.contains(408));
         assert!(!config.retry_codes.contains(501));
+        assert_eq!(config.on_blacklist, OnBlacklist::Cooldown);
+        assert_eq!((config.max_uses, config.max_age), (0, Duration::ZERO));
+    }
+
+    #[test]
+    fn identity_settings_are_checked_and_named() {
+        assert_eq!(
+            error_of(|s| s.on_blacklist = "Rotate!".into()),
+            "HEX_PROXY_ON_BLACKLIST must be \"cooldown\" or \"rotate\", got \"Rotate!\""
+        );
+        assert!(error_of(|s| s.session_max_uses = -1)
+            .starts_with("HEX_PROXY_SESSION_MAX_USES must be between 0 and 4294967295"));
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            assert!(error_of(|s| s.session_max_age = bad)
+                .starts_with("HEX_PROXY_SESSION_MAX_AGE must be a finite number of seconds"));
+        }
+        let mut settings = example_settings();
+        settings.on_blacklist = "Rotate".into();
+        settings.session_max_uses = 50;
+        settings.session_max_age = 599.5;
+        let config = settings.validate().unwrap();
+        assert_eq!(config.on_blacklist, OnBlacklist::Rotate);
+        assert_eq!(config.max_uses, 50);
+        assert_eq!(config.max_age, Duration::from_millis(599_500));
     }
 
     #[test]
@@ -346,6 +417,20 @@ mod tests {
         assert_eq!(config.pool_size, 3);
         assert_eq!(config.provider.list().unwrap().get(2).url(), "http://h:2");
         assert!(!format!("{config:?}").contains("s3cret"));
+        for (change, named) in [
+            (
+                (|s: &mut Settings| s.on_blacklist = "rotate".into()) as fn(&mut Settings),
+                "HEX_PROXY_ON_BLACKLIST = \"rotate\"",
+            ),
+            (|s| s.session_max_uses = 10, "HEX_PROXY_SESSION_MAX_USES"),
+            (|s| s.session_max_age = 60.0, "HEX_PROXY_SESSION_MAX_AGE"),
+        ] {
+            let mut rotating = settings.clone();
+            change(&mut rotating);
+            let message = rotating.validate().unwrap_err().to_string();
+            assert!(message.starts_with(named), "{message}");
+            assert!(message.contains("HEX_PROXY_LIST"), "{message}");
+        }
         settings.proxies = Some(vec![("HEX_PROXY_LIST_FILE line 4".into(), "h:1".into())]);
         let message = settings.validate().unwrap_err().to_string();
         assert!(message.starts_with("HEX_PROXY_LIST_FILE line 4: must start with http://"));

@@ -11,6 +11,7 @@ use crate::auth::{self, AuthTracker};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::Error;
+use crate::identity::{Identities, OnBlacklist};
 use crate::pool::Pool;
 use crate::provider::Provider;
 use crate::retry::{Cause, Decision, RetryPolicy};
@@ -27,6 +28,9 @@ pub const FAILED: u32 = 4;
 /// Flag of `record_status` / `record_refusal`, proxy list only: this 407 brought the session's
 /// proxy to `auth_failures_to_close` in a row (again after a success).
 pub const PROXY_REJECTED: u32 = auth::PROXY_REJECTED;
+/// Flag of `record_*`, with `BLACKLISTED`: the slot took a new id instead of cooling down
+/// (`HEX_PROXY_ON_BLACKLIST = "rotate"`); its new number is the old one plus the pool size.
+pub const ROTATED: u32 = 16;
 
 #[derive(Debug)]
 pub struct Engine {
@@ -38,12 +42,28 @@ pub struct Engine {
     retry: RetryPolicy,
     stats: Stats,
     auth: AuthTracker,
+    /// Whether ids rotate (the state keeps `Identities`): only then do numbers go beyond the
+    /// pool size.
+    rotates: bool,
 }
 
 #[derive(Debug)]
 struct State {
     pool: Pool,
     rng: SmallRng,
+    /// Each slot's current id, when ids can rotate; `None`: every number is a slot index.
+    identities: Option<Identities>,
+}
+
+impl State {
+    /// Whether an attempt sent as `generation` of `slot` still speaks for the slot; one sent
+    /// on an id the slot has since left neither fails nor clears the new id's run.
+    fn is_current(&self, slot: u32, generation: u32) -> bool {
+        match &self.identities {
+            None => true,
+            Some(identities) => identities.generation(slot) == generation,
+        }
+    }
 }
 
 const _: () = {
@@ -62,11 +82,22 @@ impl Engine {
                 AuthTracker::per_proxy(config.auth_failures_to_close, list.len())
             }
         };
+        let identities = Identities::new(
+            config.pool_size,
+            config.on_blacklist,
+            config.max_uses,
+            config.max_age,
+        );
         Self {
             retry: RetryPolicy::new(config.retry_codes, config.max_retries),
+            rotates: identities.is_some(),
             config,
             clock,
-            state: Mutex::new(State { pool, rng }),
+            state: Mutex::new(State {
+                pool,
+                rng,
+                identities,
+            }),
             stats: Stats::default(),
             auth,
         }
@@ -76,78 +107,122 @@ impl Engine {
         &self.config
     }
 
-    /// A session for the next attempt, avoiding `exclude` (the sessions that already failed
-    /// this request) where possible; `None` while every session is cooling, and for good once
-    /// the gateway has rejected the credentials (nothing more is to be sent with them).
-    pub fn pick(&self, exclude: &[u32]) -> Option<u32> {
+    /// A session for the next attempt, avoiding the slots in `exclude` (those that already
+    /// failed this request) where possible: the number of the id it goes out on (the slot
+    /// index unless ids rotate). `None` while every session is cooling, and for good once the
+    /// gateway has rejected the credentials (nothing more is to be sent with them).
+    pub fn pick(&self, exclude: &[u32]) -> Option<u64> {
         if self.auth_failed() {
             return None;
         }
         let mut state = self.state.lock();
-        let State { pool, rng } = &mut *state;
-        pool.pick(self.clock.now_ns(), exclude, rng)
+        let State {
+            pool,
+            rng,
+            identities,
+        } = &mut *state;
+        let now = self.clock.now_ns();
+        let slot = pool.pick(now, exclude, rng)?;
+        let Some(identities) = identities else {
+            return Some(slot.into());
+        };
+        let (number, rotated) = identities.hand_out(slot, now);
+        if rotated {
+            // A new identity starts with a clean run.
+            pool.success(slot);
+            self.stats.rotated();
+        }
+        Some(number)
     }
 
     /// Counts a response: a status in the failure codes is a failure, anything else a success.
-    pub fn record_status(&self, index: u32, status: u16) -> Result<u32, Error> {
-        self.check(index)?;
+    pub fn record_status(&self, number: u64, status: u16) -> Result<u32, Error> {
+        let session = self.locate(number)?;
         let failed = self.config.failure_codes.contains(status);
         let mut flags = if failed {
             self.stats.status_failure(status);
-            self.failure(index) | FAILED
+            self.failure(session) | FAILED
         } else {
-            self.state.lock().pool.success(index);
+            self.success(session);
             0
         };
         if status == 407 {
-            flags |= self.auth.rejected(index);
+            flags |= self.auth.rejected(session.0);
         } else if !failed {
-            self.auth.accepted(index);
+            self.auth.accepted(session.0);
         }
         Ok(flags)
     }
 
     /// Counts an attempt that worked but whose status was not seen (a redirect handled above).
-    pub fn record_success(&self, index: u32) -> Result<(), Error> {
-        self.check(index)?;
-        self.state.lock().pool.success(index);
-        self.auth.accepted(index);
+    pub fn record_success(&self, number: u64) -> Result<(), Error> {
+        let session = self.locate(number)?;
+        self.success(session);
+        self.auth.accepted(session.0);
         Ok(())
     }
 
     /// Counts a transport exception (`reason` is its class name) as a failure.
-    pub fn record_exception(&self, index: u32, reason: &str) -> Result<u32, Error> {
-        self.check(index)?;
+    pub fn record_exception(&self, number: u64, reason: &str) -> Result<u32, Error> {
+        let session = self.locate(number)?;
         self.stats.exception_failure(reason);
-        Ok(self.failure(index) | FAILED)
+        Ok(self.failure(session) | FAILED)
     }
 
     /// Counts a CONNECT the gateway refused with `status`: always a failure of the session,
     /// counted under that status; a 407 also counts against the credentials.
-    pub fn record_refusal(&self, index: u32, status: u16) -> Result<u32, Error> {
-        self.check(index)?;
+    pub fn record_refusal(&self, number: u64, status: u16) -> Result<u32, Error> {
+        let session = self.locate(number)?;
         if (100..=599).contains(&status) {
             self.stats.status_failure(status);
         } else {
             self.stats.exception_failure("TunnelError");
         }
-        let mut flags = self.failure(index) | FAILED;
+        let mut flags = self.failure(session) | FAILED;
         if status == 407 {
-            flags |= self.auth.rejected(index);
+            flags |= self.auth.rejected(session.0);
         }
         Ok(flags)
     }
 
-    fn failure(&self, index: u32) -> u32 {
+    fn success(&self, (slot, generation): (u32, u32)) {
         let mut state = self.state.lock();
-        let blacklisted = state.pool.failure(index, self.clock.now_ns());
-        drop(state);
-        if blacklisted {
-            self.stats.blacklisted();
-            BLACKLISTED
-        } else {
-            0
+        if state.is_current(slot, generation) {
+            state.pool.success(slot);
         }
+    }
+
+    fn failure(&self, (slot, generation): (u32, u32)) -> u32 {
+        let mut state = self.state.lock();
+        if !state.is_current(slot, generation) {
+            return 0;
+        }
+        let State {
+            pool, identities, ..
+        } = &mut *state;
+        let flags = match (self.config.on_blacklist, identities) {
+            (OnBlacklist::Rotate, Some(identities)) => {
+                if !pool.failure_without_cooldown(slot) {
+                    return 0;
+                }
+                // The old id is blacklisted for good: the slot goes on under a new one.
+                if identities.rotate(slot) {
+                    self.stats.rotated();
+                    BLACKLISTED | ROTATED
+                } else {
+                    BLACKLISTED
+                }
+            }
+            _ => {
+                if !pool.failure(slot, self.clock.now_ns()) {
+                    return 0;
+                }
+                BLACKLISTED
+            }
+        };
+        drop(state);
+        self.stats.blacklisted();
+        flags
     }
 
     pub fn decide_retry(
@@ -202,10 +277,15 @@ impl Engine {
         state.pool.next_live_in(self.clock.now_ns())
     }
 
-    /// The cooling session that comes back first, and how long until it does.
-    pub fn next_back(&self) -> Option<(u32, Duration)> {
+    /// The number of the cooling session that comes back first, and how long until it does.
+    pub fn next_back(&self) -> Option<(u64, Duration)> {
         let mut state = self.state.lock();
-        state.pool.next_back(self.clock.now_ns())
+        let (slot, until) = state.pool.next_back(self.clock.now_ns())?;
+        let number = match &state.identities {
+            None => slot.into(),
+            Some(identities) => identities.number(slot),
+        };
+        Some((number, until))
     }
 
     /// `(live, cooling)`, taken together so that they add up to the pool size.
@@ -226,21 +306,27 @@ impl Engine {
         self.auth.failed()
     }
 
-    pub fn session_id(&self, index: u32) -> Result<String, Error> {
-        Ok(self.session(index)?.as_str().to_owned())
+    pub fn session_id(&self, number: u64) -> Result<String, Error> {
+        Ok(self.session(number)?.as_str().to_owned())
     }
 
-    /// The session's id, without allocating.
-    pub fn session(&self, index: u32) -> Result<SessionId, Error> {
-        self.check(index)?;
-        Ok(SessionId::new(index))
+    /// The id of session `number` (as `pick` returns it), without allocating.
+    pub fn session(&self, number: u64) -> Result<SessionId, Error> {
+        self.locate(number)?;
+        Ok(SessionId::new(number))
     }
 
     /// The session's `Proxy-Authorization` value; `None` for a listed proxy without
     /// credentials.
-    pub fn proxy_authorization(&self, index: u32) -> Result<Option<String>, Error> {
-        let id = self.session(index)?;
-        Ok(self.config.provider.proxy_authorization(index, &id))
+    pub fn proxy_authorization(&self, number: u64) -> Result<Option<String>, Error> {
+        let (slot, _) = self.locate(number)?;
+        let id = SessionId::new(number);
+        Ok(self.config.provider.proxy_authorization(slot, &id))
+    }
+
+    /// The slot of session `number`.
+    pub fn slot(&self, number: u64) -> Result<u32, Error> {
+        Ok(self.locate(number)?.0)
     }
 
     /// Moves a manual clock forward; an error on the system clock.
@@ -253,20 +339,25 @@ impl Engine {
         Duration::from_nanos(self.clock.now_ns())
     }
 
-    fn check(&self, index: u32) -> Result<(), Error> {
-        if index < self.config.pool_size {
-            Ok(())
-        } else {
-            Err(Error::IndexOutOfRange {
-                index: index.into(),
+    /// `(slot, generation)` of a session number; an error for a number no slot can have.
+    fn locate(&self, number: u64) -> Result<(u32, u32), Error> {
+        let size = u64::from(self.config.pool_size);
+        if number < size {
+            return Ok((number as u32, 0));
+        }
+        match u32::try_from(number / size) {
+            Ok(generation) if self.rotates => Ok(((number % size) as u32, generation)),
+            _ => Err(Error::IndexOutOfRange {
+                index: i64::try_from(number).unwrap_or(i64::MAX),
                 pool_size: self.config.pool_size,
-            })
+            }),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{HashMap, HashSet};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::thread;
 
@@ -590,6 +681,165 @@ mod tests {
             engine.advance(Duration::from_secs(1)),
             Err(Error::ClockNotManual)
         );
+    }
+
+    fn rotating(change: impl FnOnce(&mut Settings)) -> Engine {
+        engine_with(|s| {
+            s.on_blacklist = "rotate".into();
+            change(s);
+        })
+    }
+
+    #[test]
+    fn rotate_on_blacklist_gives_the_slot_a_new_id_at_once_and_keeps_capacity() {
+        let engine = rotating(|s| {
+            s.pool_size = 4;
+            s.max_failures = 3;
+        });
+        assert_eq!(engine.record_status(2, 503), Ok(FAILED));
+        assert_eq!(engine.record_status(2, 503), Ok(FAILED));
+        assert_eq!(
+            engine.record_status(2, 503),
+            Ok(FAILED | BLACKLISTED | ROTATED)
+        );
+        assert_eq!(engine.counts(), (4, 0));
+        assert_eq!(engine.next_live_in(), Duration::ZERO);
+        // Slot 2 goes on as s006 (2 + 1 * 4) with a clean run.
+        assert_eq!(engine.pick(&[0, 1, 3]), Some(6));
+        assert_eq!(engine.session_id(6).unwrap(), "s006");
+        assert_eq!(engine.slot(6), Ok(2));
+        assert_eq!(engine.record_status(6, 503), Ok(FAILED));
+        assert_eq!(stat(&engine, "hex_proxy/blacklisted"), 1);
+        assert_eq!(stat(&engine, "hex_proxy/rotated"), 1);
+        assert_eq!(stat(&engine, "hex_proxy/sessions/live"), 4);
+    }
+
+    #[test]
+    fn every_rotated_id_is_new_and_no_other_slots_id() {
+        let engine = rotating(|s| {
+            s.pool_size = 5;
+            s.max_failures = 1;
+        });
+        let mut ids: HashSet<String> = (0..5).map(|n| engine.session_id(n).unwrap()).collect();
+        for _ in 0..5_000 {
+            let number = engine.pick(&[]).expect("never short of a session");
+            if number >= 5 {
+                // Handed out for the first time right after the rotation that made it.
+                assert!(ids.contains(&engine.session_id(number).unwrap()));
+            }
+            let flags = engine.record_status(number, 503).unwrap();
+            assert_eq!(flags, FAILED | BLACKLISTED | ROTATED);
+            let next = engine.session_id(number + 5).unwrap();
+            assert!(ids.insert(next.clone()), "{next} was used before");
+            assert_eq!(engine.counts(), (5, 0));
+        }
+        assert_eq!(ids.len(), 5_005);
+        assert_eq!(stat(&engine, "hex_proxy/rotated"), 5_000);
+    }
+
+    #[test]
+    fn attempts_in_flight_on_a_retired_id_do_not_touch_the_new_ids_run() {
+        let engine = rotating(|s| {
+            s.pool_size = 1;
+            s.max_failures = 2;
+        });
+        let in_flight: Vec<u64> = (0..4).map(|_| engine.pick(&[]).unwrap()).collect();
+        assert_eq!(in_flight, [0, 0, 0, 0]);
+        assert_eq!(engine.record_status(0, 503), Ok(FAILED));
+        assert_eq!(
+            engine.record_exception(0, "TimeoutError"),
+            Ok(FAILED | BLACKLISTED | ROTATED)
+        );
+        // s000 is retired: its late failure is counted, but not against s001.
+        assert_eq!(engine.record_status(0, 429), Ok(FAILED));
+        let new = engine.pick(&[]).unwrap();
+        assert_eq!(engine.session_id(new).unwrap(), "s001");
+        assert_eq!(engine.record_status(new, 503), Ok(FAILED));
+        // Nor does its late success clear s001's run.
+        assert_eq!(engine.record_success(0), Ok(()));
+        assert_eq!(engine.record_status(0, 200), Ok(0));
+        assert_eq!(
+            engine.record_status(new, 503),
+            Ok(FAILED | BLACKLISTED | ROTATED)
+        );
+        assert_eq!(stat(&engine, "hex_proxy/failure/503"), 3);
+        assert_eq!(stat(&engine, "hex_proxy/failure/429"), 1);
+        assert_eq!(stat(&engine, "hex_proxy/failure/TimeoutError"), 1);
+        assert_eq!(stat(&engine, "hex_proxy/rotated"), 2);
+    }
+
+    #[test]
+    fn max_uses_hands_each_id_out_that_many_times() {
+        let engine = engine_with(|s| {
+            s.pool_size = 3;
+            s.session_max_uses = 4;
+        });
+        let mut uses: HashMap<u64, u32> = HashMap::new();
+        for _ in 0..100 {
+            *uses.entry(engine.pick(&[]).unwrap()).or_default() += 1;
+        }
+        assert!(uses.values().all(|&n| n <= 4), "{uses:?}");
+        // Every id but the current one of each slot was used up.
+        let used_up = uses.values().filter(|&&n| n == 4).count();
+        assert!(used_up >= uses.len() - 3);
+        assert_eq!(stat(&engine, "hex_proxy/rotated"), uses.len() as u64 - 3);
+        assert_eq!(uses.values().sum::<u32>(), 100);
+    }
+
+    #[test]
+    fn max_age_rotates_an_id_at_its_next_pick_once_it_is_that_old() {
+        let engine = engine_with(|s| {
+            s.pool_size = 1;
+            s.session_max_age = 10.0;
+        });
+        engine.advance(Duration::from_secs(5)).unwrap();
+        assert_eq!(engine.pick(&[]), Some(0)); // first use at 5 s
+        engine.advance(Duration::from_millis(9_999)).unwrap();
+        assert_eq!(engine.pick(&[]), Some(0));
+        engine.advance(Duration::from_millis(1)).unwrap();
+        assert_eq!(engine.pick(&[]), Some(1));
+        assert_eq!(stat(&engine, "hex_proxy/rotated"), 1);
+        // Not picked for a long while: rotated once, at its next pick.
+        engine.advance(Duration::from_secs(1000)).unwrap();
+        assert_eq!(engine.pick(&[]), Some(2));
+        assert_eq!(stat(&engine, "hex_proxy/rotated"), 2);
+    }
+
+    #[test]
+    fn with_cooldown_and_max_uses_failures_of_a_used_up_id_do_not_blacklist_its_successor() {
+        let engine = engine_with(|s| {
+            s.pool_size = 1;
+            s.max_failures = 2;
+            s.session_max_uses = 2;
+        });
+        let (a, b) = (engine.pick(&[]).unwrap(), engine.pick(&[]).unwrap());
+        let c = engine.pick(&[]).unwrap();
+        assert_eq!((a, b, c), (0, 0, 1));
+        assert_eq!(engine.record_status(a, 503), Ok(FAILED));
+        assert_eq!(engine.record_status(b, 503), Ok(FAILED));
+        assert_eq!(engine.counts(), (1, 0));
+        assert_eq!(engine.record_status(c, 503), Ok(FAILED));
+        assert_eq!(engine.record_status(c, 503), Ok(FAILED | BLACKLISTED));
+        assert_eq!(engine.counts(), (0, 1));
+    }
+
+    #[test]
+    fn numbers_beyond_the_pool_are_errors_unless_ids_rotate() {
+        fn error<T>(index: i64) -> Result<T, Error> {
+            Err(Error::IndexOutOfRange {
+                index,
+                pool_size: 4,
+            })
+        }
+        let plain = engine_with(|s| s.pool_size = 4);
+        assert_eq!(plain.session_id(4), error(4));
+        assert_eq!(plain.record_status(6, 200), error(6));
+        let rotating = rotating(|s| s.pool_size = 4);
+        assert_eq!(rotating.session_id(6).unwrap(), "s006");
+        let last = 3 + u64::from(u32::MAX) * 4;
+        assert_eq!(rotating.slot(last), Ok(3));
+        assert_eq!(rotating.slot(last + 1), error((last + 1) as i64));
+        assert_eq!(rotating.session_id(u64::MAX), error(i64::MAX));
     }
 
     #[test]

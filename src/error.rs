@@ -33,6 +33,9 @@ pub enum ConfigError {
     },
     ProxyListEmpty,
     ProxyListTooLong(usize),
+    OnBlacklist(String),
+    /// A setting that rotates session ids, with a proxy list.
+    RotationWithList(&'static str),
 }
 
 /// What is wrong with `HEX_PROXY_USERNAME_TEMPLATE`.
@@ -95,6 +98,16 @@ impl fmt::Display for ConfigError {
                 f,
                 "the proxy list (HEX_PROXY_LIST or HEX_PROXY_LIST_FILE) holds {got} proxies, \
                  more than a pool can"
+            ),
+            Self::OnBlacklist(got) => write!(
+                f,
+                "HEX_PROXY_ON_BLACKLIST must be \"cooldown\" or \"rotate\", got {got:?}"
+            ),
+            Self::RotationWithList(setting) => write!(
+                f,
+                "{setting} cannot be used with a proxy list (HEX_PROXY_LIST or \
+                 HEX_PROXY_LIST_FILE): each listed proxy is one fixed identity, with no session \
+                 id to rotate"
             ),
         }
     }

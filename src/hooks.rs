@@ -12,8 +12,9 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use crate::binding::Core;
 use crate::provider::{Gateway, Provider};
 
-/// Meta key of the attempt in flight: `(session index, retry_times when it was sent)`. The
-/// meta keys are exported to the Python runtime, so they are spelled only here.
+/// Meta key of the attempt in flight: `(session number, retry_times when it was sent)`; the
+/// number tells which id of its slot the attempt went out on. The meta keys are exported to
+/// the Python runtime, so they are spelled only here.
 pub const ATTEMPT: &str = "_hex_attempt";
 /// Meta key of the session indices that already failed this request (a tuple).
 pub const FAILED: &str = "_hex_failed";
@@ -101,22 +102,22 @@ impl Shared {
         })
     }
 
-    /// Sends this attempt through session `index`: the proxy and session in meta, the
-    /// session's credentials in the `Proxy-Authorization` header (none for a listed proxy
-    /// without credentials).
+    /// Sends this attempt through session `number` (as the engine's pick returns it): the
+    /// proxy and session in meta, the session's credentials in the `Proxy-Authorization`
+    /// header (none for a listed proxy without credentials).
     fn assign(
         &self,
         py: Python<'_>,
         request: &Bound<'_, PyAny>,
         meta: &Bound<'_, PyDict>,
-        index: u32,
+        number: u64,
     ) -> PyResult<()> {
         let engine = self.core.get().engine();
         let retry_times = match meta.get_item(intern!(py, "retry_times"))? {
             Some(times) => times,
             None => 0_u32.into_pyobject(py)?.into_any(),
         };
-        let id = engine.session(index)?;
+        let id = engine.session(number)?;
         let (url, header) = match &self.route {
             Route::Gateway { url, gateway } => {
                 let header = PyBytes::new_with(py, gateway.proxy_authorization_len(&id), |out| {
@@ -126,17 +127,19 @@ impl Shared {
                 (url, Some(header))
             }
             Route::List(listed) => {
-                let Listed { url, header } = &listed[index as usize];
+                // A list's sessions never rotate (the config refuses it): number = index.
+                let Listed { url, header } = &listed[number as usize];
                 let header = header.as_ref().map(|header| header.bind(py).clone());
                 self.note_auth_proxy(py, request, meta, url, header.is_some())?;
                 (url, header)
             }
         };
         meta.set_item(intern!(py, "proxy"), url.bind(py))?;
-        meta.set_item(intern!(py, SESSION), PyString::new(py, id.as_str()))?;
+        let id = PyString::new(py, id.as_str());
+        meta.set_item(intern!(py, SESSION), &id)?;
         meta.set_item(
             intern!(py, ATTEMPT),
-            PyTuple::new(py, [index.into_pyobject(py)?.into_any(), retry_times])?,
+            PyTuple::new(py, [number.into_pyobject(py)?.into_any(), retry_times])?,
         )?;
         let Some(header) = header else {
             return Ok(());
@@ -236,11 +239,11 @@ impl Shared {
         {
             return Ok(meta);
         }
-        let index: u32 = attempt.cast::<PyTuple>()?.get_item(0)?.extract()?;
+        let number: u64 = attempt.cast::<PyTuple>()?.get_item(0)?.extract()?;
         let status = status_of(py, response)?;
-        let flags = self.core.get().engine().record_status(index, status)?;
+        let flags = self.core.get().engine().record_status(number, status)?;
         if flags != 0 {
-            runtime_of(owner)?.call_method1(intern!(py, "_settled"), (request, index, flags))?;
+            runtime_of(owner)?.call_method1(intern!(py, "_settled"), (request, number, flags))?;
         }
         Ok(meta)
     }
@@ -306,8 +309,8 @@ impl ProxyHooks {
             Some(failed) => engine.pick(&failed.extract::<Vec<u32>>()?),
         };
         match picked {
-            Some(index) => {
-                shared.assign(py, request, &meta, index)?;
+            Some(number) => {
+                shared.assign(py, request, &meta, number)?;
                 Ok(None)
             }
             // Every session is cooling, or the credentials were rejected.
@@ -332,10 +335,10 @@ impl ProxyHooks {
         Ok(response)
     }
 
-    /// Sends the attempt through session `index` (the runtime calls this once a wait ends).
-    fn assign(&self, py: Python<'_>, request: &Bound<'_, PyAny>, index: u32) -> PyResult<()> {
+    /// Sends the attempt through session `number` (the runtime calls this once a wait ends).
+    fn assign(&self, py: Python<'_>, request: &Bound<'_, PyAny>, number: u64) -> PyResult<()> {
         self.shared
-            .assign(py, request, &self.shared.meta(request)?, index)
+            .assign(py, request, &self.shared.meta(request)?, number)
     }
 }
 

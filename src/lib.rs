@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod identity;
 pub mod pool;
 pub mod provider;
 pub mod retry;
@@ -48,6 +49,8 @@ mod _core {
     const FAILED: u32 = crate::engine::FAILED;
     #[pymodule_export]
     const PROXY_REJECTED: u32 = crate::engine::PROXY_REJECTED;
+    #[pymodule_export]
+    const ROTATED: u32 = crate::engine::ROTATED;
     #[pymodule_export]
     const PASS: u32 = crate::retry::Decision::Pass as u32;
     #[pymodule_export]

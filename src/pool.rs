@@ -117,14 +117,10 @@ impl Pool {
     /// session (an attempt that was in flight when it was blacklisted) is ignored.
     pub fn failure(&mut self, index: u32, now: u64) -> bool {
         self.expire(now);
+        if !self.count_failure(index) {
+            return false;
+        }
         let i = index as usize;
-        if self.pos[i] & COOLING != 0 {
-            return false;
-        }
-        self.fails[i] = self.fails[i].saturating_add(1);
-        if u32::from(self.fails[i]) < self.max_failures {
-            return false;
-        }
         let at = self.pos[i] as usize;
         self.live.swap_remove(at);
         if let Some(&moved) = self.live.get(at) {
@@ -142,6 +138,28 @@ impl Pool {
         self.fails[i] = until_us as u16;
         self.cooling.push_back(index);
         true
+    }
+
+    /// Counts a failure without ever cooling the session (`HEX_PROXY_ON_BLACKLIST = "rotate"`):
+    /// returns true when it reached `max_failures` in a row, and the run starts over (the
+    /// caller gives the slot a new identity).
+    pub fn failure_without_cooldown(&mut self, index: u32) -> bool {
+        let reached = self.count_failure(index);
+        if reached {
+            self.fails[index as usize] = 0;
+        }
+        reached
+    }
+
+    /// Counts a failure of a live session; true when its run reached `max_failures`. A failure
+    /// on a cooling session is ignored.
+    fn count_failure(&mut self, index: u32) -> bool {
+        let i = index as usize;
+        if self.pos[i] & COOLING != 0 {
+            return false;
+        }
+        self.fails[i] = self.fails[i].saturating_add(1);
+        u32::from(self.fails[i]) >= self.max_failures
     }
 
     /// How long until a session is live: zero if one is live now.
@@ -428,6 +446,19 @@ mod tests {
         assert_eq!(forever.until(0), MAX_UNTIL_US * 1000);
         assert!(forever.is_cooling(0, MAX_UNTIL_US * 1000 - 1));
         assert_eq!(forever.live_count(u64::MAX), 1);
+    }
+
+    #[test]
+    fn failures_without_cooldown_start_the_run_over_and_keep_the_session_live() {
+        let mut pool = pool(3, 2, 10);
+        assert!(!pool.failure_without_cooldown(1));
+        assert!(pool.failure_without_cooldown(1));
+        assert!(!pool.failure_without_cooldown(1));
+        pool.success(1);
+        assert!(!pool.failure_without_cooldown(1));
+        assert!(pool.failure_without_cooldown(1));
+        assert_eq!((pool.live_count(0), pool.cooling_count(0)), (3, 0));
+        assert_consistent(&pool);
     }
 
     #[test]

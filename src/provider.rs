@@ -497,7 +497,7 @@ mod tests {
     fn every_base64_padding_case_fills_the_header_exactly() {
         for password in ["P", "PA", "PAS"] {
             let gateway = Gateway::new("U".into(), password.into(), "{user}+{session}").unwrap();
-            for index in [0, 999, 1000, u32::MAX] {
+            for index in [0, 999, 1000, u64::from(u32::MAX), u64::MAX] {
                 let id = SessionId::new(index);
                 let header = gateway.proxy_authorization(&id);
                 assert_eq!(header, basic(&format!("U+{}:{password}", id.as_str())));

@@ -1,19 +1,21 @@
-//! Session identity. Ids are derived from the index on demand, so the pool stores nothing per
-//! session but its counters (the provider makes usernames and headers from the id).
+//! Session identity. Ids are derived from the session number on demand, so the pool stores
+//! nothing per session but its counters (the provider makes usernames and headers from the id).
 
 /// The id the gateway keys a sticky session on ("s000", "s007", "s1234"), written on the
-/// stack: it is made for every request.
+/// stack: it is made for every request. It formats a session *number*: the slot's index plus
+/// its generation times the pool size, so generation 0 is "s" and the index, and every id a
+/// slot gets on rotation is new (see `identity.rs`).
 pub struct SessionId {
-    /// 's' and up to 10 digits, right-aligned.
-    buf: [u8; 11],
+    /// 's' and up to 20 digits, right-aligned.
+    buf: [u8; 21],
     start: usize,
 }
 
 impl SessionId {
-    pub fn new(index: u32) -> Self {
-        let mut buf = [b'0'; 11];
+    pub fn new(number: u64) -> Self {
+        let mut buf = [b'0'; 21];
         let mut end = buf.len();
-        let mut rest = index;
+        let mut rest = number;
         while rest > 0 {
             end -= 1;
             buf[end] = b'0' + (rest % 10) as u8;
@@ -34,8 +36,8 @@ impl SessionId {
 mod tests {
     use super::*;
 
-    fn session_id(index: u32) -> String {
-        SessionId::new(index).as_str().to_owned()
+    fn session_id(number: u64) -> String {
+        SessionId::new(number).as_str().to_owned()
     }
 
     #[test]
@@ -44,6 +46,7 @@ mod tests {
         assert_eq!(session_id(7), "s007");
         assert_eq!(session_id(42), "s042");
         assert_eq!(session_id(1234), "s1234");
-        assert_eq!(session_id(u32::MAX), "s4294967295");
+        assert_eq!(session_id(u32::MAX.into()), "s4294967295");
+        assert_eq!(session_id(u64::MAX), "s18446744073709551615");
     }
 }

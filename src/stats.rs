@@ -26,6 +26,7 @@ pub struct Stats {
     retry_wait_ms_total: AtomicU64,
     retry_wait_ms_max: AtomicU64,
     retries_dropped: AtomicU64,
+    rotated: AtomicU64,
 }
 
 impl Default for Stats {
@@ -41,6 +42,7 @@ impl Default for Stats {
             retry_wait_ms_total: AtomicU64::new(0),
             retry_wait_ms_max: AtomicU64::new(0),
             retries_dropped: AtomicU64::new(0),
+            rotated: AtomicU64::new(0),
         }
     }
 }
@@ -90,6 +92,11 @@ impl Stats {
         self.retries_dropped.fetch_add(count, Ordering::Relaxed);
     }
 
+    /// A slot took a new session id.
+    pub fn rotated(&self) {
+        bump(&self.rotated);
+    }
+
     /// Every nonzero counter plus the two session gauges, sorted by key.
     pub fn snapshot(&self, live: u32, cooling: u32) -> Vec<(String, u64)> {
         let by_status = (FIRST_STATUS..)
@@ -110,6 +117,7 @@ impl Stats {
             ("retry/wait_ms_total", &self.retry_wait_ms_total),
             ("retry/wait_ms_max", &self.retry_wait_ms_max),
             ("retry/dropped_at_close", &self.retries_dropped),
+            ("rotated", &self.rotated),
         ]
         .map(|(name, count)| (format!("hex_proxy/{name}"), load(count)));
         let gauges = [("live", live), ("cooling", cooling)]
@@ -168,6 +176,7 @@ mod tests {
         stats.retry_wait(Duration::from_millis(250), true);
         stats.retry_wait(Duration::ZERO, true);
         stats.retries_dropped(2);
+        stats.rotated();
         let snapshot = stats.snapshot(18, 2);
         assert_eq!(
             keys(&snapshot),
@@ -184,6 +193,7 @@ mod tests {
                 "hex_proxy/retry/retry_after",
                 "hex_proxy/retry/wait_ms_max",
                 "hex_proxy/retry/wait_ms_total",
+                "hex_proxy/rotated",
                 "hex_proxy/sessions/cooling",
                 "hex_proxy/sessions/live",
             ]

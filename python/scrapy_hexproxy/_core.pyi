@@ -28,6 +28,11 @@ session's proxy to ``auth_failures_to_close`` consecutive 407s (again, after a s
 DEFAULT_USERNAME_TEMPLATE: Final = "{user}-session-{session}"
 """The default ``username_template``: the gateway username of the original guide."""
 
+ROTATED: Final = 16
+"""Flag returned by ``record_*`` with ``BLACKLISTED`` when ``on_blacklist="rotate"``: the
+session's slot took a new id at once instead of cooling down; the new session's number is the
+old one plus ``pool_size``."""
+
 PASS: Final = 0
 """``decide_retry``: not a retry case, hand the response or exception on unchanged."""
 
@@ -35,10 +40,10 @@ RETRY: Final = 1
 """``decide_retry``: schedule a retry (counted in ``hex_proxy/retry``)."""
 
 ATTEMPT_KEY: Final = "_hex_attempt"
-"""Meta key of the attempt in flight: ``(session index, retry_times when it was sent)``."""
+"""Meta key of the attempt in flight: ``(session number, retry_times when it was sent)``."""
 
 FAILED_KEY: Final = "_hex_failed"
-"""Meta key of the session indices that already failed this request (a tuple)."""
+"""Meta key of the slots whose sessions already failed this request (a tuple)."""
 
 SESSION_KEY: Final = "hex_session"
 """Meta key of the public session id of the attempt."""
@@ -54,8 +59,12 @@ GIVE_UP: Final = 2
 class Core:
     """The session pool, retry policy and stats of one crawl. Thread-safe.
 
-    Sessions are numbered ``0 .. pool_size - 1``; every method that takes an ``index`` raises
-    ``IndexError`` for any other number. Every operation is O(1) at any pool size.
+    The pool has ``pool_size`` slots, ``0 .. pool_size - 1``. A session is named by its
+    *number*: its slot plus the slot's generation times ``pool_size``. Without rotation
+    (``on_blacklist="cooldown"``, no ``session_max_uses`` or ``session_max_age``) every
+    generation is 0 and the number is the slot; with it, a slot moves to its next generation,
+    a number no session had before. Every method that takes a ``number`` raises
+    ``IndexError`` for one no slot can have. Every operation is O(1) at any pool size.
     """
 
     def __init__(
@@ -76,6 +85,9 @@ class Core:
         seed: int | None = None,
         backoff_base: float = 0.0,
         backoff_max: float = 60.0,
+        on_blacklist: str = "cooldown",
+        session_max_uses: int = 0,
+        session_max_age: float = 0.0,
     ) -> None:
         """Validate the settings and build the pool with every session live.
 
@@ -90,39 +102,48 @@ class Core:
         naming the entry in errors (``"HEX_PROXY_LIST entry 3"``); each distinct proxy is one
         session, in list order, exact repeats kept once (``duplicate_proxies``); ``user``,
         ``password``, ``username_template`` and ``pool_size`` are then not used.
+        ``on_blacklist="rotate"``: a blacklisted session's slot takes a new id at once instead
+        of cooling down. ``session_max_uses`` (hand-outs) and ``session_max_age`` (seconds from
+        the id's first hand-out) rotate an id when it is next picked; 0 = never.
         """
 
     def pick(self, exclude: tuple[int, ...] | None = None) -> int | None:
-        """A live session chosen uniformly at random, avoiding the sessions in ``exclude`` (those
-        that already failed this request) when any other session is live; among all live
-        sessions if every one is excluded. ``None`` when every session is cooling down (see
+        """The number of a live session chosen uniformly at random, avoiding the slots in
+        ``exclude`` (those that already failed this request) when any other session is live;
+        among all live sessions if every one is excluded. A slot whose id was handed out
+        ``session_max_uses`` times or first handed out ``session_max_age`` ago gets a new id
+        first (stat ``hex_proxy/rotated``). ``None`` when every session is cooling down (see
         ``next_live_in``), and for good once ``auth_failed``."""
 
-    def session_id(self, index: int) -> str:
-        """The session's id: ``"s000"``, ``"s007"``, ``"s1234"``."""
+    def session_id(self, number: int) -> str:
+        """The session's id: ``"s000"``, ``"s007"``, ``"s1234"`` (``f"s{number:03d}"``)."""
 
-    def record_status(self, index: int, status: int) -> int:
+    def slot(self, number: int) -> int:
+        """The slot of the session: ``number % pool_size``."""
+
+    def record_status(self, number: int, status: int) -> int:
         """Count a response on the session. A status in ``failure_codes`` is a failure (stat
         ``hex_proxy/failure/<status>``); any other status is a success that resets the session's
         consecutive failures. A 407 counts towards ``auth_failures_to_close`` whatever the
-        failure codes; a success resets that count. Returns ``FAILED | BLACKLISTED |
-        AUTH_FAILED`` flags. A failure on a session that is already cooling is counted in the
-        stats only."""
+        failure codes; a success resets that count. Returns ``FAILED | BLACKLISTED | ROTATED |
+        AUTH_FAILED`` flags. A failure on a session that is already cooling, or whose slot has
+        moved on to a new id since, is counted in the stats only (and such a success resets
+        nothing)."""
 
-    def record_success(self, index: int) -> None:
+    def record_success(self, number: int) -> None:
         """Count an attempt that worked but whose status was not seen (e.g. a redirect):
         resets the session's consecutive failures and the consecutive 407s."""
 
-    def record_exception(self, index: int, reason: str) -> int:
+    def record_exception(self, number: int, reason: str) -> int:
         """Count a transport exception on the session as a failure; ``reason`` (the exception
         class name) names the stat ``hex_proxy/failure/<reason>``. Returns ``FAILED``, with
-        ``BLACKLISTED`` when it blacklisted the session."""
+        ``BLACKLISTED`` (and ``ROTATED``) when it blacklisted the session."""
 
-    def record_refusal(self, index: int, status: int) -> int:
+    def record_refusal(self, number: int, status: int) -> int:
         """Count a CONNECT tunnel the gateway refused with ``status``: always a failure of the
         session, stat ``hex_proxy/failure/<status>`` (``TunnelError`` outside 100..599); a 407
         also counts towards ``auth_failures_to_close``. Returns ``FAILED | BLACKLISTED |
-        AUTH_FAILED`` flags."""
+        ROTATED | AUTH_FAILED`` flags."""
 
     def decide_retry(
         self, status: int | None, retry_times: int, max_retry_times: int | None = None
@@ -161,12 +182,12 @@ class Core:
         """Seconds on the core's clock since the core was created (monotonic)."""
 
     def stats(self) -> dict[str, int]:
-        """The nonzero ``hex_proxy/...`` counters, plus the gauges ``hex_proxy/sessions/live`` and
-        ``hex_proxy/sessions/cooling``."""
+        """The nonzero ``hex_proxy/...`` counters (``hex_proxy/rotated`` among them), plus the
+        gauges ``hex_proxy/sessions/live`` and ``hex_proxy/sessions/cooling``."""
 
     @property
     def pool_size(self) -> int:
-        """Number of sessions."""
+        """Number of sessions (slots)."""
 
     @property
     def max_retries(self) -> int:
@@ -193,11 +214,11 @@ class Core:
         """The gateway user (``HEX_PROXY_USER``); ``None`` with a proxy list. The password is
         never exposed."""
 
-    def proxy_label(self, index: int) -> str | None:
+    def proxy_label(self, number: int) -> str | None:
         """The session's proxy as a person may see it, ``http://user:***@host:port`` (no
         password); ``None`` with a gateway."""
 
-    def proxy_source(self, index: int) -> str | None:
+    def proxy_source(self, number: int) -> str | None:
         """Where the session's proxy was listed (``"HEX_PROXY_LIST entry 3"``); ``None`` with a
         gateway."""
 
@@ -236,8 +257,8 @@ class ProxyHooks:
     ) -> Response:
         """Count the response against the attempt's session (once; never a cached one)."""
 
-    def assign(self, request: Request, index: int) -> None:
-        """Send the attempt through session ``index``."""
+    def assign(self, request: Request, number: int) -> None:
+        """Send the attempt through session ``number`` (as ``Core.pick`` returns it)."""
 
 class RetryHooks:
     """The per-response hook of ``SmartRetryMiddleware``, which subclasses this and provides

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("scrapy_hexproxy")
 
-#: meta key of the attempt in flight: (session index, retry_times when it was sent).
+#: meta key of the attempt in flight: (session number, retry_times when it was sent).
 ATTEMPT = _core.ATTEMPT_KEY
 #: meta key of the session indices that already failed this request (a tuple: copies share it).
 FAILED = _core.FAILED_KEY
@@ -154,13 +154,13 @@ class Runtime:
         self, request: Request, assign: Callable[[Request, int], None]
     ) -> None:
         """Every session is cooling: wait for one to come back, without blocking the reactor;
-        then ``assign(request, index)`` (``HexProxyMiddleware.assign``)."""
+        then ``assign(request, number)`` (``HexProxyMiddleware.assign``)."""
         while True:
             # Pick before parking too: a session may have come back since process_request.
             self.check_credentials()
-            index = self.core.pick(request.meta.get(FAILED))
-            if index is not None:
-                assign(request, index)
+            number = self.core.pick(request.meta.get(FAILED))
+            if number is not None:
+                assign(request, number)
                 return
             waiter: Deferred[None] = Deferred(self._forget)
             self._waiters.append(waiter)
@@ -215,11 +215,11 @@ class Runtime:
     def settle_unobserved(self, request: Request) -> None:
         """The previous attempt's outcome never reached us (a middleware above ours returned a
         new request). A retry means it failed; anything else (a redirect) means it worked."""
-        index, retry_times = request.meta.pop(ATTEMPT)
+        number, retry_times = request.meta.pop(ATTEMPT)
         if request.meta.get("retry_times", 0) > retry_times:
-            self._settled(request, index, self.core.record_exception(index, "unobserved"))
+            self._settled(request, number, self.core.record_exception(number, "unobserved"))
         else:
-            self.core.record_success(index)
+            self.core.record_success(number)
 
     def settle_exception(self, request: Request, exception: BaseException) -> bool:
         """Settle the attempt; True when the exception is a transport failure."""
@@ -227,13 +227,13 @@ class Runtime:
         if not isinstance(exception, self.transport_exceptions):
             return False  # a programming error is nobody's failure
         if attempt is not None:
-            index = attempt[0]
+            number = attempt[0]
             status = self.tunnel_status(exception)
             if status is None:
-                flags = self.core.record_exception(index, type(exception).__name__)
+                flags = self.core.record_exception(number, type(exception).__name__)
             else:
-                flags = self.core.record_refusal(index, status)
-            self._settled(request, index, flags)
+                flags = self.core.record_refusal(number, status)
+            self._settled(request, number, flags)
         return True
 
     @staticmethod
@@ -247,15 +247,26 @@ class Runtime:
                 return int(found.group(1))
         return None
 
-    def _settled(self, request: Request, index: int, flags: int) -> None:
+    def _settled(self, request: Request, number: int, flags: int) -> None:
+        """Act on the flags of an attempt on session ``number``."""
         if flags & _core.FAILED:
+            # The slot, whatever id it goes by: the next pick avoids it.
+            slot = self.core.slot(number)
             failed_before = request.meta.get(FAILED, ())
-            if index not in failed_before:
-                request.meta[FAILED] = (*failed_before, index)
-        if flags & _core.BLACKLISTED:
+            if slot not in failed_before:
+                request.meta[FAILED] = (*failed_before, slot)
+        if flags & _core.ROTATED:
+            logger.warning(
+                "hex_proxy: session %s blacklisted after %d consecutive failures;"
+                " its place goes on at once as new session %s",
+                self.session_name(number),
+                self.settings.core_kwargs["max_failures"],
+                self.core.session_id(number + self.core.pool_size),
+            )
+        elif flags & _core.BLACKLISTED:
             logger.warning(
                 "hex_proxy: session %s blacklisted for %gs after %d consecutive failures",
-                self.session_name(index),
+                self.session_name(number),
                 self.settings.core_kwargs["cooldown"],
                 self.settings.core_kwargs["max_failures"],
             )
@@ -263,19 +274,19 @@ class Runtime:
             logger.error(
                 "hex_proxy: proxy %s rejected its credentials with %d consecutive 407"
                 " responses: check that entry. The other proxies carry on.",
-                self.session_name(index),
+                self.session_name(number),
                 self.settings.core_kwargs["auth_failures_to_close"],
             )
         if flags & _core.AUTH_FAILED:
             self._stop_for_bad_credentials()
 
-    def session_name(self, index: int) -> str:
+    def session_name(self, number: int) -> str:
         """The session id; with a proxy list, also its proxy (no password) and entry."""
-        session = self.core.session_id(index)
-        label = self.core.proxy_label(index)
+        session = self.core.session_id(number)
+        label = self.core.proxy_label(number)
         if label is None:
             return session
-        return f"{session} ({label}, {self.core.proxy_source(index)})"
+        return f"{session} ({label}, {self.core.proxy_source(number)})"
 
     def _stop_for_bad_credentials(self) -> None:
         gateway = self.settings.gateway

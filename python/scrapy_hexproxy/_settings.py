@@ -193,6 +193,14 @@ def _codes(settings: Any, name: str, default: tuple[int, ...]) -> list[int]:
     return codes
 
 
+def _choice(settings: Any, name: str, default: str) -> str:
+    """A word; the core checks it is one of the allowed ones (ignoring case)."""
+    value = settings.get(name, default)
+    if not isinstance(value, str):
+        raise HexProxyConfigError(f"{name} must be a string, got {type(value).__name__}")
+    return value.strip()
+
+
 def _bool(settings: Any, name: str) -> bool:
     value = settings.get(name, False)
     try:
@@ -321,6 +329,9 @@ def read_settings(settings: Any) -> HexSettings:
         "seed": None if seed is None else _int(settings, "HEX_PROXY_SEED", 0, minimum=0),
         "backoff_base": _float(settings, "HEX_PROXY_RETRY_BACKOFF_BASE", 0.0),
         "backoff_max": _float(settings, "HEX_PROXY_RETRY_BACKOFF_MAX", 60.0),
+        "on_blacklist": _choice(settings, "HEX_PROXY_ON_BLACKLIST", "cooldown"),
+        "session_max_uses": _int(settings, "HEX_PROXY_SESSION_MAX_USES", 0),
+        "session_max_age": _float(settings, "HEX_PROXY_SESSION_MAX_AGE", 0.0),
     }
     # Scrapy's own setting stands in while ours is unset (Scrapy's default is -1 too).
     priority_adjust = "HEX_PROXY_RETRY_PRIORITY_ADJUST"
