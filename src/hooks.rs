@@ -5,11 +5,14 @@
 //! `self._runtime`. Kept there, not here, the garbage collector sees the reference (the runtime
 //! refers back to the crawler, which refers to the middlewares).
 
+use std::collections::HashSet;
+
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 
 use crate::binding::Core;
+use crate::identity::user_agent_index;
 use crate::provider::{Gateway, Provider};
 
 /// Meta key of the attempt in flight: `(session number, retry_times when it was sent)`; the
@@ -25,6 +28,8 @@ pub const SESSION: &str = "hex_session";
 const AUTH_PROXY: &str = "_auth_proxy";
 /// Meta key of a paced retry: the time on the core's clock before which it must not be sent.
 pub const NOT_BEFORE: &str = "_hex_not_before";
+/// Scrapy's meta key of the cookie jar (`HEX_PROXY_BIND_COOKIEJAR`).
+const COOKIEJAR: &str = "cookiejar";
 
 /// What both hook classes share: the core and what `assign` writes. Nothing here refers back
 /// to Python objects that could form a cycle.
@@ -42,6 +47,67 @@ struct Shared {
     header_name: Py<PyBytes>,
     /// Retry pacing is on: a request may carry a time before which it must not be sent.
     paced: bool,
+    /// `HEX_PROXY_BIND_COOKIEJAR`: each session id is its own cookie jar.
+    bind_cookiejar: bool,
+    /// `HEX_PROXY_USER_AGENTS`, if set.
+    user_agents: Option<UserAgents>,
+}
+
+/// The User-Agents sessions present, and which values a request may carry that are not the
+/// user's own choice (so a session's User-Agent replaces them).
+struct UserAgents {
+    /// Encoded, as `Headers` stores a value.
+    values: Vec<Py<PyBytes>>,
+    /// The values above (set for an earlier attempt, maybe on another session) and the
+    /// `USER_AGENT` setting's (Scrapy's default, there already when HexProxy runs after
+    /// UserAgentMiddleware).
+    replaceable: HashSet<Vec<u8>>,
+    /// `User-Agent`, as `Headers` normalises it.
+    header_name: Py<PyBytes>,
+}
+
+impl UserAgents {
+    fn new(runtime: &Bound<'_, PyAny>) -> PyResult<Option<Self>> {
+        let py = runtime.py();
+        let given = runtime.getattr("user_agents")?;
+        if given.is_none() {
+            return Ok(None);
+        }
+        let values: Vec<Bound<'_, PyBytes>> = given.extract()?;
+        let mut replaceable: HashSet<Vec<u8>> =
+            values.iter().map(|v| v.as_bytes().to_vec()).collect();
+        if let Some(default) = runtime
+            .getattr("default_user_agent")?
+            .extract::<Option<Vec<u8>>>()?
+        {
+            replaceable.insert(default);
+        }
+        Ok(Some(Self {
+            values: values.into_iter().map(Bound::unbind).collect(),
+            replaceable,
+            header_name: PyBytes::new(py, b"User-Agent").unbind(),
+        }))
+    }
+
+    /// Gives the attempt the User-Agent of session `number`, unless the request carries one
+    /// the user chose.
+    fn present(&self, py: Python<'_>, headers: &Bound<'_, PyDict>, number: u64) -> PyResult<()> {
+        let name = self.header_name.bind(py);
+        if let Some(values) = headers.get_item(name)? {
+            // Stored as `Headers` stores values: a list of bytes, the last one the value.
+            let current = values
+                .cast::<PyList>()
+                .ok()
+                .and_then(|list| list.iter().last())
+                .and_then(|last| last.extract::<Vec<u8>>().ok());
+            match current {
+                Some(value) if self.replaceable.contains(&value) => {}
+                _ => return Ok(()),
+            }
+        }
+        let value = &self.values[user_agent_index(number, self.values.len())];
+        headers.set_item(name, PyList::new(py, [value.bind(py)])?)
+    }
 }
 
 /// Where `assign` sends an attempt, and with which credentials.
@@ -99,12 +165,15 @@ impl Shared {
             },
             dict_new: py.get_type::<PyDict>().getattr("__new__")?.unbind(),
             header_name: PyBytes::new(py, b"Proxy-Authorization").unbind(),
+            bind_cookiejar: runtime.getattr("bind_cookiejar")?.extract()?,
+            user_agents: UserAgents::new(runtime)?,
         })
     }
 
     /// Sends this attempt through session `number` (as the engine's pick returns it): the
     /// proxy and session in meta, the session's credentials in the `Proxy-Authorization`
-    /// header (none for a listed proxy without credentials).
+    /// header (none for a listed proxy without credentials); when switched on, its cookie jar
+    /// and its User-Agent.
     fn assign(
         &self,
         py: Python<'_>,
@@ -136,18 +205,46 @@ impl Shared {
         };
         meta.set_item(intern!(py, "proxy"), url.bind(py))?;
         let id = PyString::new(py, id.as_str());
+        if self.bind_cookiejar {
+            self.bind_cookiejar(py, meta, &id)?;
+        }
         meta.set_item(intern!(py, SESSION), &id)?;
         meta.set_item(
             intern!(py, ATTEMPT),
             PyTuple::new(py, [number.into_pyobject(py)?.into_any(), retry_times])?,
         )?;
-        let Some(header) = header else {
-            return Ok(());
-        };
-        // The key as `Headers` normalises it, stored as `Headers.__setitem__` would (a list of
-        // bytes) without running its normalisation: the value is already bytes.
-        let headers = self.headers(py, request)?;
-        headers.set_item(self.header_name.bind(py), PyList::new(py, [header])?)
+        if let Some(header) = header {
+            // The key as `Headers` normalises it, stored as `Headers.__setitem__` would (a list
+            // of bytes) without running its normalisation: the value is already bytes.
+            let headers = self.headers(py, request)?;
+            headers.set_item(self.header_name.bind(py), PyList::new(py, [header])?)?;
+        }
+        if let Some(user_agents) = &self.user_agents {
+            user_agents.present(py, &self.headers(py, request)?, number)?;
+        }
+        Ok(())
+    }
+
+    /// The session's id is its cookie jar, unless the user chose the request's jar. A jar we
+    /// chose for an earlier attempt is the very object in `hex_session` (copies of a request
+    /// share meta values), so a retry moves to the new session's jar; any other is the user's.
+    /// Call before `hex_session` is overwritten.
+    fn bind_cookiejar(
+        &self,
+        py: Python<'_>,
+        meta: &Bound<'_, PyDict>,
+        id: &Bound<'_, PyString>,
+    ) -> PyResult<()> {
+        let key = intern!(py, COOKIEJAR);
+        if let Some(jar) = meta.get_item(key)? {
+            let ours = meta
+                .get_item(intern!(py, SESSION))?
+                .is_some_and(|previous| jar.is(&previous));
+            if !ours {
+                return Ok(());
+            }
+        }
+        meta.set_item(key, id)
     }
 
     /// With a list, the proxy may change between attempts of a request. Scrapy's

@@ -233,6 +233,9 @@ class _Runtime(Protocol):
     core: Core
     proxy_url: str | None
     fresh_headers_type: type | None
+    bind_cookiejar: bool
+    user_agents: tuple[bytes, ...] | None
+    default_user_agent: bytes | None
 
 class ProxyHooks:
     """The per-request hooks of ``HexProxyMiddleware``, which subclasses this.
@@ -247,10 +250,12 @@ class ProxyHooks:
         self, request: Request, spider: Spider | None = None
     ) -> Coroutine[Any, Any, None] | None:
         """Give the attempt a session: ``meta["proxy"]``, ``meta["hex_session"]``, the attempt
-        token and the ``Proxy-Authorization`` header. With no live session, return the
-        runtime's coroutine that waits for one. A paced retry that still carries
-        ``NOT_BEFORE_KEY`` (it bypassed the scheduler) gets the runtime's coroutine that waits
-        until it is due, then does all this."""
+        token and the ``Proxy-Authorization`` header; with ``bind_cookiejar``,
+        ``meta["cookiejar"]`` (the session id) unless the user chose the jar; with
+        ``user_agents``, the session's ``User-Agent`` unless the user chose one. With no live
+        session, return the runtime's coroutine that waits for one. A paced retry that still
+        carries ``NOT_BEFORE_KEY`` (it bypassed the scheduler) gets the runtime's coroutine that
+        waits until it is due, then does all this."""
 
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None

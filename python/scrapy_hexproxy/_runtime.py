@@ -123,6 +123,9 @@ class Runtime:
         # The gateway's URL for meta["proxy"]; a list's URLs are the core's.
         self.proxy_url = None if settings.gateway is None else settings.gateway.url
         self.fresh_headers_type = _fresh_headers_type()  # the core's fast path, if it holds
+        # Identity binding, read by the core's hooks (HEX_PROXY_BIND_COOKIEJAR, _USER_AGENTS).
+        self.bind_cookiejar = settings.bind_cookiejar
+        self.user_agents, self.default_user_agent = _user_agent_values(crawler, settings)
         self.transport_exceptions = _transport_exceptions()
         self._waiters: list[Deferred[None]] = []
         self._wake_call: Any = None
@@ -366,6 +369,20 @@ def _listing(names: list[str], total: int) -> str:
     shown = names[:_SHOWN]
     more = total - len(shown)
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def _user_agent_values(
+    crawler: Crawler, settings: HexSettings
+) -> tuple[tuple[bytes, ...] | None, bytes | None]:
+    """HEX_PROXY_USER_AGENTS as header values, and Scrapy's default User-Agent (USER_AGENT),
+    which a session's replaces: UserAgentMiddleware sets it first when HexProxy runs after it."""
+    if settings.user_agents is None:
+        return None, None
+    default = crawler.settings.get("USER_AGENT")
+    return (
+        tuple(agent.encode("ascii") for agent in settings.user_agents),
+        default.encode("utf-8") if isinstance(default, str) and default else None,
+    )
 
 
 def _late(crawler: Crawler, name: str) -> Any:

@@ -59,6 +59,10 @@ class HexSettings:
     proxy_list: str | None = None
     #: Whether HEX_PROXY_SESSION_POOL_SIZE was given (a list must then agree with it).
     pool_size_set: bool = False
+    #: HEX_PROXY_BIND_COOKIEJAR: each session id is its own cookie jar.
+    bind_cookiejar: bool = False
+    #: HEX_PROXY_USER_AGENTS: the User-Agents sessions present (None: leave it to Scrapy).
+    user_agents: tuple[str, ...] | None = None
 
 
 def is_enabled(settings: Any) -> bool:
@@ -199,6 +203,38 @@ def _choice(settings: Any, name: str, default: str) -> str:
     if not isinstance(value, str):
         raise HexProxyConfigError(f"{name} must be a string, got {type(value).__name__}")
     return value.strip()
+
+
+def _user_agents(settings: Any, name: str) -> tuple[str, ...] | None:
+    """A list of User-Agent strings, or one string with one a line (``-s``): User-Agents hold
+    commas ("KHTML, like Gecko"), so commas do not separate them. None when unset."""
+    value = settings.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [line for line in value.splitlines() if line.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise HexProxyConfigError(
+            f"{name} must be a list of User-Agent strings, got {type(value).__name__}"
+        )
+    if not value:
+        raise HexProxyConfigError(
+            f"{name} must hold at least one User-Agent (leave it unset to keep Scrapy's)"
+        )
+    agents = []
+    for item in value:
+        if not isinstance(item, str):
+            raise HexProxyConfigError(
+                f"{name} must hold User-Agent strings, got {type(item).__name__}"
+            )
+        agent = item.strip()
+        # A header value: printable ASCII only, so nothing can end the header early.
+        if not agent or not all(" " <= c <= "~" for c in agent):
+            raise HexProxyConfigError(
+                f"{name} must hold non-empty User-Agents of printable ASCII, got {item!r}"
+            )
+        agents.append(agent)
+    return tuple(agents)
 
 
 def _bool(settings: Any, name: str) -> bool:
@@ -344,6 +380,8 @@ def read_settings(settings: Any) -> HexSettings:
         logstats_interval=_seconds(settings, "HEX_PROXY_LOGSTATS_INTERVAL", 60.0),
         proxy_list=list_setting,
         pool_size_set=settings.get("HEX_PROXY_SESSION_POOL_SIZE") is not None,
+        bind_cookiejar=_bool(settings, "HEX_PROXY_BIND_COOKIEJAR"),
+        user_agents=_user_agents(settings, "HEX_PROXY_USER_AGENTS"),
     )
 
 

@@ -15,7 +15,7 @@ from scrapy.exceptions import NotConfigured
 
 from . import _core
 from ._runtime import Runtime, _listing
-from ._settings import is_enabled
+from ._settings import HexProxyConfigError, is_enabled
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -55,6 +55,8 @@ class HexProxyMiddleware(_core.ProxyHooks):
                 " https:// targets through an HTTPS proxy, only http:// ones. Use the gateway's"
                 " http:// port if you crawl https:// sites."
             )
+        if runtime.settings.bind_cookiejar:
+            _check_cookiejar_binding(crawler)
         return cls(runtime)
 
     def process_exception(
@@ -158,6 +160,45 @@ def _warn_about_the_list(runtime: Runtime) -> None:
             len(https),
             runtime.settings.proxy_list,
             _listing(https, len(https)),
+        )
+
+
+def _downloader_middlewares(crawler: Crawler) -> list[type]:
+    """The enabled downloader middleware classes, in the order Scrapy calls process_request."""
+    from scrapy.utils.conf import build_component_list
+    from scrapy.utils.misc import load_object
+
+    settings = crawler.settings
+    getter = getattr(settings, "get_component_priority_dict_with_base", settings.getwithbase)
+    found = []
+    for component in build_component_list(getter("DOWNLOADER_MIDDLEWARES")):
+        cls = load_object(component) if isinstance(component, str) else component
+        if isinstance(cls, type):
+            found.append(cls)
+    return found
+
+
+def _check_cookiejar_binding(crawler: Crawler) -> None:
+    """HEX_PROXY_BIND_COOKIEJAR sets ``meta["cookiejar"]``, which CookiesMiddleware reads in
+    its process_request: run after it, HexProxy would send one session's requests with another
+    jar's cookies, which is what binding is meant to prevent. So that order stops the crawl."""
+    from scrapy.downloadermiddlewares.cookies import CookiesMiddleware
+
+    order = _downloader_middlewares(crawler)
+    ours = next((i for i, cls in enumerate(order) if issubclass(cls, HexProxyMiddleware)), None)
+    cookies = next((i for i, cls in enumerate(order) if issubclass(cls, CookiesMiddleware)), None)
+    if cookies is None or not crawler.settings.getbool("COOKIES_ENABLED", True):
+        logger.warning(
+            "hex_proxy: HEX_PROXY_BIND_COOKIEJAR has no effect: Scrapy's CookiesMiddleware"
+            " is disabled (COOKIES_ENABLED or DOWNLOADER_MIDDLEWARES), so no request keeps"
+            " cookies at all"
+        )
+    elif ours is not None and ours > cookies:
+        raise HexProxyConfigError(
+            "HEX_PROXY_BIND_COOKIEJAR needs HexProxyMiddleware to run before Scrapy's"
+            " CookiesMiddleware (which reads the jar when the request passes it, at 700 by"
+            " default): give HexProxyMiddleware a lower number in DOWNLOADER_MIDDLEWARES"
+            " (350 in the documented wiring), or set HEX_PROXY_BIND_COOKIEJAR = False"
         )
 
 
