@@ -821,6 +821,8 @@ mod tests {
         assert_eq!(engine.record_status(c, 503), Ok(FAILED));
         assert_eq!(engine.record_status(c, 503), Ok(FAILED | BLACKLISTED));
         assert_eq!(engine.counts(), (0, 1));
+        // The cooling session is named by the id it cools as.
+        assert_eq!(engine.next_back(), Some((1, Duration::from_secs(300))));
     }
 
     #[test]

@@ -23,7 +23,9 @@ Origin pages (normal behaviour) are ``200 OK`` HTML naming the session and the U
 ``X-Hex-Session``. Two paths are special, whatever the host:
 
 * ``/links/N`` -- the page also links to ``/page/0`` ... ``/page/N-1`` (N <= 10000);
-* ``/status/N`` -- the origin answers status N (200 ... 599) instead of 200.
+* ``/status/N`` -- the origin answers status N (200 ... 599) instead of 200;
+* ``/cookie/NAME`` -- the origin also sets cookie ``NAME=<session id>`` (``Path=/``), so a test
+  can tell which session's cookies a later request carries (see :attr:`Record.cookie`).
 
 Behaviours apply to plain proxied requests; for https they apply to the CONNECT (a status
 refuses the tunnel, Scrapy sees a TunnelError) and again to each request inside an opened tunnel,
@@ -165,6 +167,8 @@ class Record:
     behaviour or by the ``/status/N`` path), ``"closed"``, ``"hang"``, ``"auth"`` (407), or
     ``"bad_request"`` (400).
     ``session``: the session id, or None when none could be parsed from the username.
+    ``user_agent``, ``cookie``: the request's ``User-Agent`` and ``Cookie`` headers (None when
+    absent, and for requests refused before a behaviour applies: 400, 407).
     ``at``: when the gateway received it (``time.monotonic()``).
     """
 
@@ -174,6 +178,8 @@ class Record:
     target: str
     outcome: str
     username: str | None
+    user_agent: str | None = None
+    cookie: str | None = None
     at: float = field(default=0.0, compare=False)
 
     @property
@@ -479,6 +485,14 @@ def _origin_page(session: str, url: str) -> tuple[int, bytes, str]:
         f'<p id="url">{html.escape(url)}</p>{links}</body></html>'
     )
     return 200, body.encode("utf-8"), "text/html; charset=utf-8"
+
+
+def _origin_cookie(session: str, url: str) -> tuple[tuple[str, str], ...]:
+    """The ``Set-Cookie`` header the origin adds for ``/cookie/NAME``: ``NAME=<session>``."""
+    segs = urlsplit(url).path.split("/")
+    if len(segs) == 3 and segs[1] == "cookie" and _is_token(segs[2]):
+        return (("Set-Cookie", f"{segs[2]}={session}; Path=/"),)
+    return ()
 
 
 # --------------------------------------------------------------------------- the gateway
@@ -807,23 +821,25 @@ class Gateway:
         """Apply ``behavior`` to an authenticated request; False when the connection must close."""
         head = req.method == "HEAD"
         extra = (("X-Hex-Session", session),)
+        seen = (req.header("user-agent"), req.header("cookie"))
         if behavior.action == "close":
-            self._record(session, kind, req.method, url, "closed", username)
+            self._record(session, kind, req.method, url, "closed", username, *seen)
             return False
         if behavior.action == "hang":
-            self._record(session, kind, req.method, url, "hang", username)
+            self._record(session, kind, req.method, url, "hang", username, *seen)
             self._hang(conn)
             return False
         if behavior.action == "status":
             status = behavior.status
-            self._record(session, kind, req.method, url, f"status:{status}", username)
+            self._record(session, kind, req.method, url, f"status:{status}", username, *seen)
             body = f"hexgate: {status}".encode()
             extra = (*extra, *behavior.headers)
             conn.sock.sendall(_response(status, body, extra=extra, head=head, close=close))
             return not close
         status, body, ctype = _origin_page(session, url)
         outcome = "ok" if status == 200 else f"status:{status}"
-        self._record(session, kind, req.method, url, outcome, username)
+        self._record(session, kind, req.method, url, outcome, username, *seen)
+        extra += _origin_cookie(session, url)
         conn.sock.sendall(
             _response(status, body, content_type=ctype, extra=extra, head=head, close=close)
         )
