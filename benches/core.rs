@@ -12,6 +12,7 @@ use scrapy_hexproxy::config::Settings;
 use scrapy_hexproxy::engine::Engine;
 use scrapy_hexproxy::pool::Pool;
 use scrapy_hexproxy::retry::Cause;
+use scrapy_hexproxy::scope::HostBans;
 
 const SIZES: [u32; 4] = [20, 1_000, 100_000, 1_000_000];
 const COOLDOWN: Duration = Duration::from_secs(300);
@@ -34,6 +35,7 @@ fn engine(pool_size: u32) -> Engine {
         on_blacklist: "cooldown".into(),
         session_max_uses: 0,
         session_max_age: 0.0,
+        ban_scope: "session".into(),
     };
     Engine::new(settings.validate().unwrap(), Clock::system(), Some(1))
 }
@@ -63,6 +65,24 @@ fn pick(c: &mut Criterion) {
         group.bench_function(id, |b| {
             b.iter(|| pool.pick(0, black_box(&exclude), &mut rng))
         });
+    }
+    group.finish();
+}
+
+/// Ban scope "domain": a pick for a host that `percent` of the pool cools for (scattered: all
+/// but one slot in a hundred at 99%).
+fn domain_pick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scope/pick");
+    for size in SIZES {
+        for percent in [0, 99] {
+            let mut bans = HostBans::new(size, 1, COOLDOWN);
+            for slot in (0..size).filter(|slot| u64::from(slot % 100) < percent) {
+                bans.failure(slot, "a.test", 0);
+            }
+            let mut rng = SmallRng::seed_from_u64(1);
+            let id = BenchmarkId::new(format!("{percent}% cooling for the host"), size);
+            group.bench_function(id, |b| b.iter(|| bans.pick("a.test", 0, &[], &mut rng)));
+        }
     }
     group.finish();
 }
@@ -120,5 +140,12 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, blacklist_and_expire, engine_request, build);
+criterion_group!(
+    benches,
+    pick,
+    domain_pick,
+    blacklist_and_expire,
+    engine_request,
+    build
+);
 criterion_main!(benches);

@@ -53,6 +53,7 @@ impl Core {
         on_blacklist = "cooldown".to_owned(),
         session_max_uses = 0,
         session_max_age = 0.0,
+        ban_scope = "session".to_owned(),
     ))]
     #[expect(
         clippy::too_many_arguments,
@@ -77,6 +78,7 @@ impl Core {
         on_blacklist: String,
         session_max_uses: i64,
         session_max_age: f64,
+        ban_scope: String,
     ) -> PyResult<Self> {
         let settings = Settings {
             pool_size,
@@ -95,6 +97,7 @@ impl Core {
             on_blacklist,
             session_max_uses,
             session_max_age,
+            ban_scope,
         };
         let config = settings.validate().map_err(Error::from)?;
         let clock = if manual_clock {
@@ -107,9 +110,12 @@ impl Core {
         })
     }
 
-    #[pyo3(signature = (exclude = None))]
-    fn pick(&self, exclude: Option<Vec<u32>>) -> Option<u64> {
-        self.engine.pick(exclude.as_deref().unwrap_or_default())
+    // `host`: the request's target host, which ban scope "domain" keeps records for (here
+    // and in every `record_*`); session scope ignores it.
+    #[pyo3(signature = (exclude = None, host = None))]
+    fn pick(&self, exclude: Option<Vec<u32>>, host: Option<&str>) -> Option<u64> {
+        self.engine
+            .pick_for(host, exclude.as_deref().unwrap_or_default())
     }
 
     fn session_id(&self, number: i64) -> PyResult<String> {
@@ -120,20 +126,34 @@ impl Core {
         Ok(self.engine.slot(self.number(number)?)?)
     }
 
-    fn record_status(&self, number: i64, status: u16) -> PyResult<u32> {
-        Ok(self.engine.record_status(self.number(number)?, status)?)
+    #[pyo3(signature = (number, status, host = None))]
+    fn record_status(&self, number: i64, status: u16, host: Option<&str>) -> PyResult<u32> {
+        Ok(self
+            .engine
+            .record_status_for(self.number(number)?, host, status)?)
     }
 
-    fn record_success(&self, number: i64) -> PyResult<()> {
-        Ok(self.engine.record_success(self.number(number)?)?)
+    #[pyo3(signature = (number, host = None))]
+    fn record_success(&self, number: i64, host: Option<&str>) -> PyResult<()> {
+        Ok(self.engine.record_success_for(self.number(number)?, host)?)
     }
 
-    fn record_exception(&self, number: i64, reason: &str) -> PyResult<u32> {
-        Ok(self.engine.record_exception(self.number(number)?, reason)?)
+    #[pyo3(signature = (number, reason, host = None))]
+    fn record_exception(&self, number: i64, reason: &str, host: Option<&str>) -> PyResult<u32> {
+        Ok(self
+            .engine
+            .record_exception_for(self.number(number)?, host, reason)?)
     }
 
-    fn record_refusal(&self, number: i64, status: u16) -> PyResult<u32> {
-        Ok(self.engine.record_refusal(self.number(number)?, status)?)
+    #[pyo3(signature = (number, status, host = None))]
+    fn record_refusal(&self, number: i64, status: u16, host: Option<&str>) -> PyResult<u32> {
+        Ok(self
+            .engine
+            .record_refusal_for(self.number(number)?, host, status)?)
+    }
+
+    fn forget(&self, number: i64) -> PyResult<()> {
+        Ok(self.engine.forget(self.number(number)?)?)
     }
 
     // `status=None` stands for a transport exception.
@@ -162,8 +182,9 @@ impl Core {
         self.engine.retries_dropped(count);
     }
 
-    fn next_live_in(&self) -> f64 {
-        self.engine.next_live_in().as_secs_f64()
+    #[pyo3(signature = (host = None))]
+    fn next_live_in(&self, host: Option<&str>) -> f64 {
+        self.engine.next_live_in_for(host).as_secs_f64()
     }
 
     /// `(session id, seconds)` of the cooling session that comes back first.
@@ -195,6 +216,11 @@ impl Core {
     #[getter]
     fn pool_size(&self) -> u32 {
         self.engine.config().pool_size
+    }
+
+    #[getter]
+    fn ban_scope(&self) -> &'static str {
+        self.engine.ban_scope().as_str()
     }
 
     #[getter]

@@ -7,6 +7,7 @@ use crate::error::ConfigError;
 use crate::identity::OnBlacklist;
 use crate::pool::MAX_FAILURES;
 use crate::provider::{Entry, Gateway, Provider, ProxyList};
+use crate::scope::BanScope;
 
 const MAX_POOL_SIZE: i64 = 10_000_000;
 const MAX_RETRIES: i64 = 1000;
@@ -37,6 +38,7 @@ pub struct Settings {
     pub on_blacklist: String,
     pub session_max_uses: i64,
     pub session_max_age: f64,
+    pub ban_scope: String,
 }
 
 /// A validated configuration; only `Settings::validate` makes one.
@@ -57,6 +59,7 @@ pub struct Config {
     pub max_uses: u32,
     /// Age (from its first hand-out) at which an id is rotated; zero = never.
     pub max_age: Duration,
+    pub ban_scope: BanScope,
 }
 
 impl Config {
@@ -126,7 +129,17 @@ impl Settings {
                 "HEX_PROXY_SESSION_MAX_AGE",
                 self.session_max_age,
             )?),
+            ban_scope: match self.ban_scope.to_ascii_lowercase().as_str() {
+                "session" => BanScope::Session,
+                "domain" => BanScope::Domain,
+                _ => return Err(ConfigError::BanScope(self.ban_scope.clone())),
+            },
         };
+        // With domain scope a ban is one site's: rotating the id on it would end the session
+        // for every site.
+        if config.ban_scope == BanScope::Domain && config.on_blacklist == OnBlacklist::Rotate {
+            return Err(ConfigError::RotateWithDomainScope);
+        }
         // A listed proxy is one fixed identity: there is no session id to rotate.
         if let (Some(_), Some(setting)) = (config.provider.list(), config.rotation_setting()) {
             return Err(ConfigError::RotationWithList(setting));
@@ -227,6 +240,7 @@ pub(crate) fn example_settings() -> Settings {
         on_blacklist: "cooldown".into(),
         session_max_uses: 0,
         session_max_age: 0.0,
+        ban_scope: "session".into(),
     }
 }
 
@@ -255,6 +269,38 @@ mod tests {
         assert!(!config.retry_codes.contains(501));
         assert_eq!(config.on_blacklist, OnBlacklist::Cooldown);
         assert_eq!((config.max_uses, config.max_age), (0, Duration::ZERO));
+        assert_eq!(config.ban_scope, BanScope::Session);
+    }
+
+    #[test]
+    fn ban_scope_is_session_or_domain() {
+        assert_eq!(
+            error_of(|s| s.ban_scope = "host".into()),
+            "HEX_PROXY_BAN_SCOPE must be \"session\" or \"domain\", got \"host\""
+        );
+        let mut settings = example_settings();
+        settings.ban_scope = "Domain".into();
+        assert_eq!(settings.validate().unwrap().ban_scope, BanScope::Domain);
+        // Rotation for age or uses goes with domain scope (the new id starts clean everywhere).
+        settings.session_max_uses = 10;
+        settings.session_max_age = 60.0;
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn rotate_on_blacklist_with_domain_scope_is_an_error_naming_both() {
+        let message = error_of(|s| {
+            s.ban_scope = "domain".into();
+            s.on_blacklist = "rotate".into();
+        });
+        assert!(
+            message.contains("HEX_PROXY_ON_BLACKLIST = \"rotate\""),
+            "{message}"
+        );
+        assert!(
+            message.contains("HEX_PROXY_BAN_SCOPE = \"domain\""),
+            "{message}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::identity::{Identities, OnBlacklist};
 use crate::pool::Pool;
 use crate::provider::Provider;
 use crate::retry::{Cause, Decision, RetryPolicy};
+use crate::scope::{BanScope, HostBans};
 use crate::session::SessionId;
 use crate::stats::Stats;
 
@@ -53,6 +54,9 @@ struct State {
     rng: SmallRng,
     /// Each slot's current id, when ids can rotate; `None`: every number is a slot index.
     identities: Option<Identities>,
+    /// Ban scope "domain": the records per (slot, target host), which then decide alone (the
+    /// pool stays all live). `None` in session scope, which costs nothing more.
+    hosts: Option<HostBans>,
 }
 
 impl State {
@@ -88,6 +92,8 @@ impl Engine {
             config.max_uses,
             config.max_age,
         );
+        let hosts = (config.ban_scope == BanScope::Domain)
+            .then(|| HostBans::new(config.pool_size, config.max_failures, config.cooldown));
         Self {
             retry: RetryPolicy::new(config.retry_codes, config.max_retries),
             rotates: identities.is_some(),
@@ -97,6 +103,7 @@ impl Engine {
                 pool,
                 rng,
                 identities,
+                hosts,
             }),
             stats: Stats::default(),
             auth,
@@ -107,11 +114,22 @@ impl Engine {
         &self.config
     }
 
+    pub fn ban_scope(&self) -> BanScope {
+        self.config.ban_scope
+    }
+
     /// A session for the next attempt, avoiding the slots in `exclude` (those that already
     /// failed this request) where possible: the number of the id it goes out on (the slot
     /// index unless ids rotate). `None` while every session is cooling, and for good once the
     /// gateway has rejected the credentials (nothing more is to be sent with them).
     pub fn pick(&self, exclude: &[u32]) -> Option<u64> {
+        self.pick_for(None, exclude)
+    }
+
+    /// As `pick`, for a request to `host`. Every `*_for` method takes the target host that
+    /// ban scope "domain" keeps records for (`None` is the empty host); session scope
+    /// ignores it.
+    pub fn pick_for(&self, host: Option<&str>, exclude: &[u32]) -> Option<u64> {
         if self.auth_failed() {
             return None;
         }
@@ -120,16 +138,23 @@ impl Engine {
             pool,
             rng,
             identities,
+            hosts,
         } = &mut *state;
         let now = self.clock.now_ns();
-        let slot = pool.pick(now, exclude, rng)?;
+        let slot = match hosts {
+            None => pool.pick(now, exclude, rng)?,
+            Some(hosts) => hosts.pick(host.unwrap_or_default(), now, exclude, rng)?,
+        };
         let Some(identities) = identities else {
             return Some(slot.into());
         };
         let (number, rotated) = identities.hand_out(slot, now);
         if rotated {
-            // A new identity starts with a clean run.
-            pool.success(slot);
+            // A new identity starts with a clean run (on every host, in domain scope).
+            match hosts {
+                None => pool.success(slot),
+                Some(hosts) => hosts.forget(slot),
+            }
             self.stats.rotated();
         }
         Some(number)
@@ -137,13 +162,22 @@ impl Engine {
 
     /// Counts a response: a status in the failure codes is a failure, anything else a success.
     pub fn record_status(&self, number: u64, status: u16) -> Result<u32, Error> {
+        self.record_status_for(number, None, status)
+    }
+
+    pub fn record_status_for(
+        &self,
+        number: u64,
+        host: Option<&str>,
+        status: u16,
+    ) -> Result<u32, Error> {
         let session = self.locate(number)?;
         let failed = self.config.failure_codes.contains(status);
         let mut flags = if failed {
             self.stats.status_failure(status);
-            self.failure(session) | FAILED
+            self.failure(session, host) | FAILED
         } else {
-            self.success(session);
+            self.success(session, host);
             0
         };
         if status == 407 {
@@ -156,52 +190,88 @@ impl Engine {
 
     /// Counts an attempt that worked but whose status was not seen (a redirect handled above).
     pub fn record_success(&self, number: u64) -> Result<(), Error> {
+        self.record_success_for(number, None)
+    }
+
+    pub fn record_success_for(&self, number: u64, host: Option<&str>) -> Result<(), Error> {
         let session = self.locate(number)?;
-        self.success(session);
+        self.success(session, host);
         self.auth.accepted(session.0);
         Ok(())
     }
 
     /// Counts a transport exception (`reason` is its class name) as a failure.
     pub fn record_exception(&self, number: u64, reason: &str) -> Result<u32, Error> {
+        self.record_exception_for(number, None, reason)
+    }
+
+    pub fn record_exception_for(
+        &self,
+        number: u64,
+        host: Option<&str>,
+        reason: &str,
+    ) -> Result<u32, Error> {
         let session = self.locate(number)?;
         self.stats.exception_failure(reason);
-        Ok(self.failure(session) | FAILED)
+        Ok(self.failure(session, host) | FAILED)
     }
 
     /// Counts a CONNECT the gateway refused with `status`: always a failure of the session,
     /// counted under that status; a 407 also counts against the credentials.
     pub fn record_refusal(&self, number: u64, status: u16) -> Result<u32, Error> {
+        self.record_refusal_for(number, None, status)
+    }
+
+    pub fn record_refusal_for(
+        &self,
+        number: u64,
+        host: Option<&str>,
+        status: u16,
+    ) -> Result<u32, Error> {
         let session = self.locate(number)?;
         if (100..=599).contains(&status) {
             self.stats.status_failure(status);
         } else {
             self.stats.exception_failure("TunnelError");
         }
-        let mut flags = self.failure(session) | FAILED;
+        let mut flags = self.failure(session, host) | FAILED;
         if status == 407 {
             flags |= self.auth.rejected(session.0);
         }
         Ok(flags)
     }
 
-    fn success(&self, (slot, generation): (u32, u32)) {
+    fn success(&self, (slot, generation): (u32, u32), host: Option<&str>) {
         let mut state = self.state.lock();
-        if state.is_current(slot, generation) {
-            state.pool.success(slot);
+        if !state.is_current(slot, generation) {
+            return;
+        }
+        match &mut state.hosts {
+            None => state.pool.success(slot),
+            Some(hosts) => hosts.success(slot, host.unwrap_or_default(), self.clock.now_ns()),
         }
     }
 
-    fn failure(&self, (slot, generation): (u32, u32)) -> u32 {
+    fn failure(&self, (slot, generation): (u32, u32), host: Option<&str>) -> u32 {
         let mut state = self.state.lock();
         if !state.is_current(slot, generation) {
             return 0;
         }
         let State {
-            pool, identities, ..
+            pool,
+            identities,
+            hosts,
+            ..
         } = &mut *state;
-        let flags = match (self.config.on_blacklist, identities) {
-            (OnBlacklist::Rotate, Some(identities)) => {
+        let flags = match (self.config.on_blacklist, identities, hosts) {
+            // Domain scope never rotates on a blacklist (the config refuses it).
+            (_, _, Some(hosts)) => {
+                if !hosts.failure(slot, host.unwrap_or_default(), self.clock.now_ns()) {
+                    return 0;
+                }
+                BLACKLISTED
+            }
+            (OnBlacklist::Rotate, Some(identities), None) => {
                 if !pool.failure_without_cooldown(slot) {
                     return 0;
                 }
@@ -273,14 +343,29 @@ impl Engine {
 
     /// How long until a session is live: zero if one is live now.
     pub fn next_live_in(&self) -> Duration {
-        let mut state = self.state.lock();
-        state.pool.next_live_in(self.clock.now_ns())
+        self.next_live_in_for(None)
     }
 
-    /// The number of the cooling session that comes back first, and how long until it does.
+    /// How long until a session is live for `host` (domain scope; for any host in session
+    /// scope): zero if one is live now.
+    pub fn next_live_in_for(&self, host: Option<&str>) -> Duration {
+        let mut state = self.state.lock();
+        let now = self.clock.now_ns();
+        match &mut state.hosts {
+            None => state.pool.next_live_in(now),
+            Some(hosts) => hosts.next_live_in(host.unwrap_or_default(), now),
+        }
+    }
+
+    /// The number of the cooling session that comes back first, and how long until it does
+    /// (domain scope: of the (session, host) pairs, an O(hosts) walk for the log).
     pub fn next_back(&self) -> Option<(u64, Duration)> {
         let mut state = self.state.lock();
-        let (slot, until) = state.pool.next_back(self.clock.now_ns())?;
+        let now = self.clock.now_ns();
+        let (slot, until) = match &mut state.hosts {
+            None => state.pool.next_back(now)?,
+            Some(hosts) => hosts.next_back(now)?,
+        };
         let number = match &state.identities {
             None => slot.into(),
             Some(identities) => identities.number(slot),
@@ -288,16 +373,40 @@ impl Engine {
         Some((number, until))
     }
 
-    /// `(live, cooling)`, taken together so that they add up to the pool size.
+    /// `(live, cooling)`, taken together. Session scope: sessions live and cooling, adding up
+    /// to the pool size. Domain scope: sessions cooling for no host, and (session, host) pairs
+    /// cooling.
     pub fn counts(&self) -> (u32, u32) {
         let mut state = self.state.lock();
         let now = self.clock.now_ns();
-        (state.pool.live_count(now), state.pool.cooling_count(now))
+        match &mut state.hosts {
+            None => (state.pool.live_count(now), state.pool.cooling_count(now)),
+            Some(hosts) => hosts.counts(now),
+        }
+    }
+
+    /// Drops what every host holds against the session's slot (domain scope; nothing in
+    /// session scope). O(hosts tracked) when the slot holds records, O(1) otherwise. A slot
+    /// that takes a new id is forgotten this way by the engine itself.
+    pub fn forget(&self, number: u64) -> Result<(), Error> {
+        let (slot, _) = self.locate(number)?;
+        if let Some(hosts) = &mut self.state.lock().hosts {
+            hosts.forget(slot);
+        }
+        Ok(())
     }
 
     pub fn stats_snapshot(&self) -> Vec<(String, u64)> {
         let (live, cooling) = self.counts();
-        self.stats.snapshot(live, cooling)
+        let mut snapshot = self.stats.snapshot(live, cooling);
+        if let Some(hosts) = &self.state.lock().hosts {
+            snapshot.push(("hex_proxy/hosts/tracked".into(), hosts.tracked().into()));
+            if hosts.evicted() > 0 {
+                snapshot.push(("hex_proxy/hosts/evicted".into(), hosts.evicted()));
+            }
+            snapshot.sort_unstable();
+        }
+        snapshot
     }
 
     /// A 407 is about the credentials, whether or not it counts as a session failure; only a
@@ -842,6 +951,171 @@ mod tests {
         assert_eq!(rotating.slot(last), Ok(3));
         assert_eq!(rotating.slot(last + 1), error((last + 1) as i64));
         assert_eq!(rotating.session_id(u64::MAX), error(i64::MAX));
+    }
+
+    fn domain_engine(pool_size: i64) -> Engine {
+        engine_with(|s| {
+            s.ban_scope = "domain".into();
+            s.pool_size = pool_size;
+            s.max_failures = 2;
+            s.cooldown = 10.0;
+        })
+    }
+
+    #[test]
+    fn domain_scope_blacklists_per_host_and_counts_session_host_pairs() {
+        let engine = domain_engine(4);
+        let a = Some("a.test");
+        assert_eq!(engine.record_status_for(1, a, 403), Ok(FAILED));
+        assert_eq!(
+            engine.record_exception_for(1, a, "TunnelError"),
+            Ok(FAILED | BLACKLISTED)
+        );
+        assert_eq!(engine.record_refusal_for(2, a, 503), Ok(FAILED));
+        assert_eq!(engine.record_success_for(2, a), Ok(()));
+        assert_eq!(engine.record_status_for(2, a, 503), Ok(FAILED));
+        assert_eq!(engine.record_status_for(1, Some("b.test"), 200), Ok(0));
+        assert_eq!(engine.record_status_for(1, Some("b.test"), 429), Ok(FAILED));
+        for _ in 0..100 {
+            assert_ne!(engine.pick_for(a, &[]), Some(1));
+        }
+        assert!((0..100).any(|_| engine.pick_for(Some("b.test"), &[]) == Some(1)));
+        assert_eq!(engine.counts(), (3, 1));
+        assert_eq!(stat(&engine, "hex_proxy/blacklisted"), 1);
+        assert_eq!(stat(&engine, "hex_proxy/sessions/live"), 3);
+        assert_eq!(stat(&engine, "hex_proxy/sessions/cooling"), 1);
+        assert_eq!(stat(&engine, "hex_proxy/hosts/tracked"), 2);
+        engine.advance(Duration::from_secs(10)).unwrap();
+        assert_eq!(engine.counts(), (4, 0));
+        // a.test still holds slot 2's run, b.test slot 1's.
+        assert_eq!(stat(&engine, "hex_proxy/hosts/tracked"), 2);
+        // The pool itself never benches anyone in domain scope.
+        assert_eq!(engine.state.lock().pool.cooling_count(0), 0);
+    }
+
+    #[test]
+    fn session_scope_shows_no_host_stats() {
+        let engine = engine();
+        engine.record_status_for(1, Some("a.test"), 200).unwrap();
+        assert!(engine.state.lock().hosts.is_none());
+        assert!(engine
+            .stats_snapshot()
+            .iter()
+            .all(|(key, _)| !key.starts_with("hex_proxy/hosts/")));
+    }
+
+    #[test]
+    fn domain_scope_exhaustion_is_per_host() {
+        let engine = domain_engine(2);
+        let a = Some("a.test");
+        for index in [0, 1] {
+            engine.record_status_for(index, a, 503).unwrap();
+            engine.record_status_for(index, a, 503).unwrap();
+            engine.advance(Duration::from_secs(3)).unwrap();
+        }
+        assert_eq!(engine.pick_for(a, &[]), None);
+        assert!(engine.pick_for(Some("b.test"), &[]).is_some());
+        assert_eq!(engine.next_live_in_for(a), Duration::from_secs(4));
+        assert_eq!(engine.next_live_in_for(Some("b.test")), Duration::ZERO);
+        engine.advance(Duration::from_secs(4)).unwrap();
+        assert_eq!(engine.pick_for(a, &[1]), Some(0));
+    }
+
+    #[test]
+    fn forget_clears_a_slot_on_every_host_in_domain_scope_only() {
+        let engine = domain_engine(3);
+        for host in ["a.test", "b.test"] {
+            engine.record_status_for(2, Some(host), 503).unwrap();
+            engine.record_status_for(2, Some(host), 503).unwrap();
+        }
+        assert_eq!(engine.counts(), (2, 2));
+        engine.forget(2).unwrap();
+        assert_eq!(engine.counts(), (3, 0));
+        assert_eq!(stat(&engine, "hex_proxy/hosts/tracked"), 0);
+        assert!(engine.forget(3).is_err());
+        let session = engine_with(|s| s.max_failures = 1);
+        session.record_status(2, 503).unwrap();
+        session.forget(2).unwrap();
+        assert_eq!(
+            session.counts(),
+            (19, 1),
+            "session scope: the pool keeps its cooldown"
+        );
+    }
+
+    #[test]
+    fn threads_share_one_domain_scope_engine_and_the_counts_add_up() {
+        const THREADS: u64 = 8;
+        const ROUNDS: u64 = 3_000;
+        let engine = domain_engine(20);
+        let blacklisted = AtomicU64::new(0);
+        thread::scope(|scope| {
+            for thread in 0..THREADS {
+                let (engine, blacklisted) = (&engine, &blacklisted);
+                scope.spawn(move || {
+                    for round in 0..ROUNDS {
+                        let host = ["a.test", "b.test", "c.test"][(round % 3) as usize];
+                        let Some(index) = engine.pick_for(Some(host), &[]) else {
+                            engine.advance(Duration::from_millis(100)).unwrap();
+                            continue;
+                        };
+                        let status = if (round + thread) % 2 == 0 { 503 } else { 200 };
+                        let flags = engine.record_status_for(index, Some(host), status).unwrap();
+                        blacklisted.fetch_add(u64::from(flags & BLACKLISTED), Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let blacklisted = blacklisted.into_inner();
+        assert!(blacklisted > 0);
+        assert_eq!(stat(&engine, "hex_proxy/blacklisted"), blacklisted);
+        let (live, cooling) = engine.counts();
+        assert!(live <= 20 && cooling <= 60);
+    }
+
+    #[test]
+    fn a_rotated_id_starts_clean_on_every_host_and_late_outcomes_of_the_old_one_are_ignored() {
+        let engine = engine_with(|s| {
+            s.ban_scope = "domain".into();
+            s.pool_size = 1;
+            s.max_failures = 2;
+            s.session_max_uses = 2;
+        });
+        let a = Some("a.test");
+        assert_eq!(engine.pick_for(a, &[]), Some(0));
+        assert_eq!(engine.record_status_for(0, a, 503), Ok(FAILED));
+        assert_eq!(
+            engine.record_status_for(0, a, 503),
+            Ok(FAILED | BLACKLISTED)
+        );
+        assert_eq!(engine.record_status_for(0, Some("b.test"), 503), Ok(FAILED));
+        assert_eq!(engine.pick_for(a, &[]), None);
+        assert_eq!(engine.pick_for(Some("b.test"), &[]), Some(0));
+        // Its second use is up: the next pick rotates the slot to id 1 ("s001"), which no host
+        // has seen: a.test's ban and b.test's run belong to the old id.
+        assert_eq!(engine.pick_for(Some("c.test"), &[]), Some(1));
+        assert_eq!(stat(&engine, "hex_proxy/rotated"), 1);
+        assert_eq!(engine.counts(), (1, 0));
+        assert_eq!(stat(&engine, "hex_proxy/hosts/tracked"), 0);
+        assert_eq!(engine.pick_for(a, &[]), Some(1));
+        // A late failure of the old id touches nothing.
+        assert_eq!(engine.record_status_for(0, Some("b.test"), 503), Ok(FAILED));
+        assert_eq!(engine.record_status_for(1, Some("b.test"), 503), Ok(FAILED));
+        assert_eq!(engine.counts(), (1, 0));
+    }
+
+    #[test]
+    fn next_back_in_domain_scope_is_the_first_session_host_pair_back() {
+        let engine = domain_engine(3);
+        assert_eq!(engine.next_back(), None);
+        for (index, host) in [(2, "a.test"), (1, "b.test")] {
+            engine.record_status_for(index, Some(host), 503).unwrap();
+            engine.record_status_for(index, Some(host), 503).unwrap();
+            engine.advance(Duration::from_secs(3)).unwrap();
+        }
+        assert_eq!(engine.next_back(), Some((2, Duration::from_secs(4))));
+        engine.advance(Duration::from_secs(4)).unwrap();
+        assert_eq!(engine.next_back(), Some((1, Duration::from_secs(3))));
     }
 
     #[test]

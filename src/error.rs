@@ -36,6 +36,9 @@ pub enum ConfigError {
     OnBlacklist(String),
     /// A setting that rotates session ids, with a proxy list.
     RotationWithList(&'static str),
+    BanScope(String),
+    /// `HEX_PROXY_ON_BLACKLIST = "rotate"` with `HEX_PROXY_BAN_SCOPE = "domain"`.
+    RotateWithDomainScope,
 }
 
 /// What is wrong with `HEX_PROXY_USERNAME_TEMPLATE`.
@@ -108,6 +111,16 @@ impl fmt::Display for ConfigError {
                 "{setting} cannot be used with a proxy list (HEX_PROXY_LIST or \
                  HEX_PROXY_LIST_FILE): each listed proxy is one fixed identity, with no session \
                  id to rotate"
+            ),
+            Self::BanScope(got) => write!(
+                f,
+                "HEX_PROXY_BAN_SCOPE must be \"session\" or \"domain\", got {got:?}"
+            ),
+            Self::RotateWithDomainScope => f.write_str(
+                "HEX_PROXY_ON_BLACKLIST = \"rotate\" cannot be combined with \
+                 HEX_PROXY_BAN_SCOPE = \"domain\": a ban by one site would retire the session's \
+                 id for every site, which is what domain scope avoids (use \"cooldown\", or \
+                 the \"session\" scope)",
             ),
         }
     }

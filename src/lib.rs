@@ -11,7 +11,9 @@ pub mod identity;
 pub mod pool;
 pub mod provider;
 pub mod retry;
+pub mod scope;
 pub mod session;
+pub mod slot_tree;
 pub mod stats;
 
 #[cfg(feature = "python")]

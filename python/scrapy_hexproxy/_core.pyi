@@ -40,7 +40,8 @@ RETRY: Final = 1
 """``decide_retry``: schedule a retry (counted in ``hex_proxy/retry``)."""
 
 ATTEMPT_KEY: Final = "_hex_attempt"
-"""Meta key of the attempt in flight: ``(session number, retry_times when it was sent)``."""
+"""Meta key of the attempt in flight: ``(session number, retry_times when it was sent)``; in ban
+scope ``"domain"`` a third item, the target host it was sent to (it settles against that host)."""
 
 FAILED_KEY: Final = "_hex_failed"
 """Meta key of the slots whose sessions already failed this request (a tuple)."""
@@ -65,6 +66,10 @@ class Core:
     generation is 0 and the number is the slot; with it, a slot moves to its next generation,
     a number no session had before. Every method that takes a ``number`` raises
     ``IndexError`` for one no slot can have. Every operation is O(1) at any pool size.
+
+    ``host`` (in ``pick``, ``record_*``, ``next_live_in``): the request's target host. In ban
+    scope ``"domain"`` failures and blacklists are kept per (slot, host) and there is no global
+    blacklist (``None`` stands for the empty host); in scope ``"session"`` it is ignored.
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class Core:
         on_blacklist: str = "cooldown",
         session_max_uses: int = 0,
         session_max_age: float = 0.0,
+        ban_scope: str = "session",
     ) -> None:
         """Validate the settings and build the pool with every session live.
 
@@ -105,15 +111,19 @@ class Core:
         ``on_blacklist="rotate"``: a blacklisted session's slot takes a new id at once instead
         of cooling down. ``session_max_uses`` (hand-outs) and ``session_max_age`` (seconds from
         the id's first hand-out) rotate an id when it is next picked; 0 = never.
+        ``ban_scope`` is ``"session"`` or ``"domain"`` (``HEX_PROXY_BAN_SCOPE``; ``"domain"``
+        refuses ``on_blacklist="rotate"``).
         """
 
-    def pick(self, exclude: tuple[int, ...] | None = None) -> int | None:
+    def pick(self, exclude: tuple[int, ...] | None = None, host: str | None = None) -> int | None:
         """The number of a live session chosen uniformly at random, avoiding the slots in
         ``exclude`` (those that already failed this request) when any other session is live;
         among all live sessions if every one is excluded. A slot whose id was handed out
         ``session_max_uses`` times or first handed out ``session_max_age`` ago gets a new id
         first (stat ``hex_proxy/rotated``). ``None`` when every session is cooling down (see
-        ``next_live_in``), and for good once ``auth_failed``."""
+        ``next_live_in``), and for good once ``auth_failed``. Domain scope: live = not cooling
+        for ``host``, O(log c) for c sessions cooling for it; a slot that gets a new id is
+        forgotten by every host."""
 
     def session_id(self, number: int) -> str:
         """The session's id: ``"s000"``, ``"s007"``, ``"s1234"`` (``f"s{number:03d}"``)."""
@@ -121,7 +131,7 @@ class Core:
     def slot(self, number: int) -> int:
         """The slot of the session: ``number % pool_size``."""
 
-    def record_status(self, number: int, status: int) -> int:
+    def record_status(self, number: int, status: int, host: str | None = None) -> int:
         """Count a response on the session. A status in ``failure_codes`` is a failure (stat
         ``hex_proxy/failure/<status>``); any other status is a success that resets the session's
         consecutive failures. A 407 counts towards ``auth_failures_to_close`` whatever the
@@ -130,16 +140,16 @@ class Core:
         moved on to a new id since, is counted in the stats only (and such a success resets
         nothing)."""
 
-    def record_success(self, number: int) -> None:
+    def record_success(self, number: int, host: str | None = None) -> None:
         """Count an attempt that worked but whose status was not seen (e.g. a redirect):
         resets the session's consecutive failures and the consecutive 407s."""
 
-    def record_exception(self, number: int, reason: str) -> int:
+    def record_exception(self, number: int, reason: str, host: str | None = None) -> int:
         """Count a transport exception on the session as a failure; ``reason`` (the exception
         class name) names the stat ``hex_proxy/failure/<reason>``. Returns ``FAILED``, with
         ``BLACKLISTED`` (and ``ROTATED``) when it blacklisted the session."""
 
-    def record_refusal(self, number: int, status: int) -> int:
+    def record_refusal(self, number: int, status: int, host: str | None = None) -> int:
         """Count a CONNECT tunnel the gateway refused with ``status``: always a failure of the
         session, stat ``hex_proxy/failure/<status>`` (``TunnelError`` outside 100..599); a 407
         also counts towards ``auth_failures_to_close``. Returns ``FAILED | BLACKLISTED |
@@ -167,12 +177,17 @@ class Core:
         """Count paced retries still waiting when the spider closed
         (``hex_proxy/retry/dropped_at_close``)."""
 
-    def next_live_in(self) -> float:
-        """Seconds until a session is live again; 0.0 when one is live now."""
+    def next_live_in(self, host: str | None = None) -> float:
+        """Seconds until a session is live again (for ``host`` in domain scope); 0.0 when one is
+        live now."""
+
+    def forget(self, number: int) -> None:
+        """Drop what every host holds against the session's slot (domain scope; nothing in
+        session scope). ``pick`` does it itself when it gives a slot a new id."""
 
     def next_back(self) -> tuple[str, float] | None:
-        """``(session id, seconds)`` of the cooling session whose cooldown ends first; ``None``
-        when no session is cooling."""
+        """``(session id, seconds)`` of the cooling session whose cooldown ends first (domain
+        scope: of the cooling (session, host) pairs); ``None`` when no session is cooling."""
 
     def advance(self, seconds: float) -> None:
         """Move the manual clock forward. ``RuntimeError`` on the system clock, ``ValueError``
@@ -183,11 +198,17 @@ class Core:
 
     def stats(self) -> dict[str, int]:
         """The nonzero ``hex_proxy/...`` counters (``hex_proxy/rotated`` among them), plus the
-        gauges ``hex_proxy/sessions/live`` and ``hex_proxy/sessions/cooling``."""
+        gauges ``hex_proxy/sessions/live`` and ``hex_proxy/sessions/cooling``. Domain scope:
+        live = sessions cooling for no host, cooling = (session, host) pairs cooling, plus
+        ``hex_proxy/hosts/tracked`` (and the counter ``hex_proxy/hosts/evicted``)."""
 
     @property
     def pool_size(self) -> int:
         """Number of sessions (slots)."""
+
+    @property
+    def ban_scope(self) -> str:
+        """``"session"`` or ``"domain"``."""
 
     @property
     def max_retries(self) -> int:
@@ -199,11 +220,11 @@ class Core:
 
     @property
     def live_count(self) -> int:
-        """Sessions live now."""
+        """Sessions live now (domain scope: cooling for no host)."""
 
     @property
     def cooling_count(self) -> int:
-        """Sessions cooling down now."""
+        """Sessions cooling down now (domain scope: (session, host) pairs)."""
 
     @property
     def auth_failed(self) -> bool:

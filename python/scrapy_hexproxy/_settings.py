@@ -368,6 +368,7 @@ def read_settings(settings: Any) -> HexSettings:
         "on_blacklist": _choice(settings, "HEX_PROXY_ON_BLACKLIST", "cooldown"),
         "session_max_uses": _int(settings, "HEX_PROXY_SESSION_MAX_USES", 0),
         "session_max_age": _float(settings, "HEX_PROXY_SESSION_MAX_AGE", 0.0),
+        "ban_scope": _choice(settings, "HEX_PROXY_BAN_SCOPE", "session"),
     }
     # Scrapy's own setting stands in while ours is unset (Scrapy's default is -1 too).
     priority_adjust = "HEX_PROXY_RETRY_PRIORITY_ADJUST"
