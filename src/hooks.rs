@@ -14,10 +14,13 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use crate::binding::Core;
 use crate::identity::user_agent_index;
 use crate::provider::{Gateway, Provider};
+use crate::scope::{host_of, BanScope};
 
 /// Meta key of the attempt in flight: `(session number, retry_times when it was sent)`; the
-/// number tells which id of its slot the attempt went out on. The meta keys are exported to
-/// the Python runtime, so they are spelled only here.
+/// number tells which id of its slot the attempt went out on. In ban scope "domain" a third
+/// item is the target host it was sent to, so that it settles against that host whatever
+/// becomes of the request. The meta keys are exported to the Python runtime, so they are
+/// spelled only here.
 pub const ATTEMPT: &str = "_hex_attempt";
 /// Meta key of the session indices that already failed this request (a tuple).
 pub const FAILED: &str = "_hex_failed";
@@ -51,6 +54,8 @@ struct Shared {
     bind_cookiejar: bool,
     /// `HEX_PROXY_USER_AGENTS`, if set.
     user_agents: Option<UserAgents>,
+    /// Ban scope "domain": attempts are picked for, and settled against, their target host.
+    domain: bool,
 }
 
 /// The User-Agents sessions present, and which values a request may carry that are not the
@@ -156,6 +161,7 @@ impl Shared {
         let core = runtime.getattr("core")?.cast_into::<Core>()?;
         Ok(Self {
             paced: core.get().engine().paced(),
+            domain: core.get().engine().ban_scope() == BanScope::Domain,
             route: Route::new(runtime, core.get())?,
             core: core.unbind(),
             fresh_headers: if fresh.is_none() {
@@ -170,16 +176,29 @@ impl Shared {
         })
     }
 
+    /// The request's target host in ban scope "domain"; `None` in session scope, which reads
+    /// nothing.
+    fn target_host(&self, request: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+        if !self.domain {
+            return Ok(None);
+        }
+        let url = request.getattr(intern!(request.py(), "url"))?;
+        Ok(Some(
+            host_of(&url.cast::<PyString>()?.to_cow()?).into_owned(),
+        ))
+    }
+
     /// Sends this attempt through session `number` (as the engine's pick returns it): the
     /// proxy and session in meta, the session's credentials in the `Proxy-Authorization`
     /// header (none for a listed proxy without credentials); when switched on, its cookie jar
-    /// and its User-Agent.
+    /// and its User-Agent. `host`: the target host (domain scope), kept in the attempt token.
     fn assign(
         &self,
         py: Python<'_>,
         request: &Bound<'_, PyAny>,
         meta: &Bound<'_, PyDict>,
         number: u64,
+        host: Option<&str>,
     ) -> PyResult<()> {
         let engine = self.core.get().engine();
         let retry_times = match meta.get_item(intern!(py, "retry_times"))? {
@@ -209,10 +228,15 @@ impl Shared {
             self.bind_cookiejar(py, meta, &id)?;
         }
         meta.set_item(intern!(py, SESSION), &id)?;
-        meta.set_item(
-            intern!(py, ATTEMPT),
-            PyTuple::new(py, [number.into_pyobject(py)?.into_any(), retry_times])?,
-        )?;
+        let number_item = number.into_pyobject(py)?.into_any();
+        let attempt = match host {
+            None => PyTuple::new(py, [number_item, retry_times])?,
+            Some(host) => PyTuple::new(
+                py,
+                [number_item, retry_times, PyString::new(py, host).into_any()],
+            )?,
+        };
+        meta.set_item(intern!(py, ATTEMPT), attempt)?;
         if let Some(header) = header {
             // The key as `Headers` normalises it, stored as `Headers.__setitem__` would (a list
             // of bytes) without running its normalisation: the value is already bytes.
@@ -336,11 +360,23 @@ impl Shared {
         {
             return Ok(meta);
         }
-        let number: u64 = attempt.cast::<PyTuple>()?.get_item(0)?.extract()?;
+        let attempt = attempt.cast::<PyTuple>()?;
+        let number: u64 = attempt.get_item(0)?.extract()?;
+        let host: Option<String> = if self.domain {
+            Some(attempt.get_item(2)?.extract()?)
+        } else {
+            None
+        };
         let status = status_of(py, response)?;
-        let flags = self.core.get().engine().record_status(number, status)?;
+        let engine = self.core.get().engine();
+        let flags = engine.record_status_for(number, host.as_deref(), status)?;
         if flags != 0 {
-            runtime_of(owner)?.call_method1(intern!(py, "_settled"), (request, number, flags))?;
+            let runtime = runtime_of(owner)?;
+            let settled = intern!(py, "_settled");
+            match host {
+                None => runtime.call_method1(settled, (request, number, flags))?,
+                Some(host) => runtime.call_method1(settled, (request, number, flags, host))?,
+            };
         }
         Ok(meta)
     }
@@ -401,20 +437,28 @@ impl ProxyHooks {
             ));
         }
         let engine = shared.core.get().engine();
+        let host = shared.target_host(request)?;
+        let host = host.as_deref();
         let picked = match meta.get_item(intern!(py, FAILED))? {
-            None => engine.pick(&[]),
-            Some(failed) => engine.pick(&failed.extract::<Vec<u32>>()?),
+            None => engine.pick_for(host, &[]),
+            Some(failed) => engine.pick_for(host, &failed.extract::<Vec<u32>>()?),
         };
         match picked {
             Some(number) => {
-                shared.assign(py, request, &meta, number)?;
+                shared.assign(py, request, &meta, number, host)?;
                 Ok(None)
             }
-            // Every session is cooling, or the credentials were rejected.
-            None => Ok(Some(runtime_of(slf.as_any())?.call_method1(
-                intern!(py, "wait_and_assign"),
-                (request, slf.getattr(intern!(py, "assign"))?),
-            )?)),
+            // Every session is cooling (for this host, in domain scope), or the credentials
+            // were rejected.
+            None => {
+                let runtime = runtime_of(slf.as_any())?;
+                let wait = intern!(py, "wait_and_assign");
+                let assign = slf.getattr(intern!(py, "assign"))?;
+                Ok(Some(match host {
+                    None => runtime.call_method1(wait, (request, assign))?,
+                    Some(host) => runtime.call_method1(wait, (request, assign, host))?,
+                }))
+            }
         }
     }
 
@@ -434,8 +478,9 @@ impl ProxyHooks {
 
     /// Sends the attempt through session `number` (the runtime calls this once a wait ends).
     fn assign(&self, py: Python<'_>, request: &Bound<'_, PyAny>, number: u64) -> PyResult<()> {
-        self.shared
-            .assign(py, request, &self.shared.meta(request)?, number)
+        let shared = &self.shared;
+        let host = shared.target_host(request)?;
+        shared.assign(py, request, &shared.meta(request)?, number, host.as_deref())
     }
 }
 

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("scrapy_hexproxy")
 
-#: meta key of the attempt in flight: (session number, retry_times when it was sent).
+#: meta key of the attempt in flight: (session number, retry_times when it was sent), and in ban
+#: scope "domain" the target host it was sent to.
 ATTEMPT = _core.ATTEMPT_KEY
 #: meta key of the session indices that already failed this request (a tuple: copies share it).
 FAILED = _core.FAILED_KEY
@@ -154,20 +155,21 @@ class Runtime:
             )
 
     async def wait_and_assign(
-        self, request: Request, assign: Callable[[Request, int], None]
+        self, request: Request, assign: Callable[[Request, int], None], host: str | None = None
     ) -> None:
-        """Every session is cooling: wait for one to come back, without blocking the reactor;
-        then ``assign(request, number)`` (``HexProxyMiddleware.assign``)."""
+        """Every session is cooling (for ``host``, the target host in ban scope "domain"): wait
+        for one to come back, without blocking the reactor; then ``assign(request, number)``
+        (``HexProxyMiddleware.assign``). Requests to other hosts go on meanwhile."""
         while True:
             # Pick before parking too: a session may have come back since process_request.
             self.check_credentials()
-            number = self.core.pick(request.meta.get(FAILED))
+            number = self.core.pick(request.meta.get(FAILED), host)
             if number is not None:
                 assign(request, number)
                 return
             waiter: Deferred[None] = Deferred(self._forget)
             self._waiters.append(waiter)
-            self._schedule_wake()
+            self._schedule_wake(host)
             await maybe_deferred_to_future(waiter)
 
     async def wait_until_due(self, request: Request, hooks: Any) -> None:
@@ -204,25 +206,36 @@ class Runtime:
         if self.pacer is not None:
             self.pacer.wake()
 
-    def _schedule_wake(self) -> None:
-        if self._wake_call is not None and self._wake_call.active():
+    def _schedule_wake(self, host: str | None = None) -> None:
+        call = self._wake_call
+        if call is not None and call.active() and host is None:
             return
         if self.settings.core_kwargs["manual_clock"]:
             return  # the test drives the clock; advance_clock() wakes the waiters
         from twisted.internet import reactor
 
-        self._wake_call = reactor.callLater(self.core.next_live_in(), self.wake)
+        delay = self.core.next_live_in(host)
+        if call is not None and call.active():
+            # Domain scope: hosts come back at different times; wake for the earliest.
+            if call.getTime() <= reactor.seconds() + delay:
+                return
+            call.cancel()
+        self._wake_call = reactor.callLater(delay, self.wake)
 
     # -- outcomes -----------------------------------------------------------------------
 
     def settle_unobserved(self, request: Request) -> None:
         """The previous attempt's outcome never reached us (a middleware above ours returned a
         new request). A retry means it failed; anything else (a redirect) means it worked."""
-        number, retry_times = request.meta.pop(ATTEMPT)
+        attempt = request.meta.pop(ATTEMPT)
+        number, retry_times = attempt[0], attempt[1]
+        # The host it was sent to, not the copy's (a redirect may go elsewhere).
+        host = _sent_to(attempt)
         if request.meta.get("retry_times", 0) > retry_times:
-            self._settled(request, number, self.core.record_exception(number, "unobserved"))
+            flags = self.core.record_exception(number, "unobserved", host)
+            self._settled(request, number, flags, host)
         else:
-            self.core.record_success(number)
+            self.core.record_success(number, host)
 
     def settle_exception(self, request: Request, exception: BaseException) -> bool:
         """Settle the attempt; True when the exception is a transport failure."""
@@ -230,13 +243,13 @@ class Runtime:
         if not isinstance(exception, self.transport_exceptions):
             return False  # a programming error is nobody's failure
         if attempt is not None:
-            number = attempt[0]
+            number, host = attempt[0], _sent_to(attempt)
             status = self.tunnel_status(exception)
             if status is None:
-                flags = self.core.record_exception(number, type(exception).__name__)
+                flags = self.core.record_exception(number, type(exception).__name__, host)
             else:
-                flags = self.core.record_refusal(number, status)
-            self._settled(request, number, flags)
+                flags = self.core.record_refusal(number, status, host)
+            self._settled(request, number, flags, host)
         return True
 
     @staticmethod
@@ -250,8 +263,9 @@ class Runtime:
                 return int(found.group(1))
         return None
 
-    def _settled(self, request: Request, number: int, flags: int) -> None:
-        """Act on the flags of an attempt on session ``number``."""
+    def _settled(self, request: Request, number: int, flags: int, host: str | None = None) -> None:
+        """Act on the flags of an attempt on session ``number``; ``host``: where it went (ban
+        scope "domain")."""
         if flags & _core.FAILED:
             # The slot, whatever id it goes by: the next pick avoids it.
             slot = self.core.slot(number)
@@ -265,6 +279,15 @@ class Runtime:
                 self.session_name(number),
                 self.settings.core_kwargs["max_failures"],
                 self.core.session_id(number + self.core.pool_size),
+            )
+        elif flags & _core.BLACKLISTED and host is not None:
+            logger.warning(
+                "hex_proxy: session %s blacklisted for host %s for %gs after %d consecutive"
+                " failures there (it keeps serving other hosts)",
+                self.session_name(number),
+                host or "(none)",
+                self.settings.core_kwargs["cooldown"],
+                self.settings.core_kwargs["max_failures"],
             )
         elif flags & _core.BLACKLISTED:
             logger.warning(
@@ -383,6 +406,11 @@ def _user_agent_values(
         tuple(agent.encode("ascii") for agent in settings.user_agents),
         default.encode("utf-8") if isinstance(default, str) and default else None,
     )
+
+
+def _sent_to(attempt: tuple[Any, ...]) -> str | None:
+    """The target host an attempt token names (ban scope "domain"); None in session scope."""
+    return attempt[2] if len(attempt) > 2 else None
 
 
 def _late(crawler: Crawler, name: str) -> Any:
