@@ -30,9 +30,11 @@ Origin pages (normal behaviour) are ``200 OK`` HTML naming the session and the U
 Behaviours apply to plain proxied requests; for https they apply to the CONNECT (a status
 refuses the tunnel, Scrapy sees a TunnelError) and again to each request inside an opened tunnel,
 so a behaviour set while a kept-alive tunnel is open takes effect on its next request.
+:meth:`Gateway.set_host_behavior` scripts one target host (for one session or for all), e.g. a
+site that bans ``s001`` while the others serve it.
 
-Counting: :meth:`Gateway.count` counts download *attempts* per session, see
-:attr:`Record.is_attempt`.
+Counting: :meth:`Gateway.count` counts download *attempts* per session (and per target host
+with ``host=``), see :attr:`Record.is_attempt`.
 
 Keep-alive and exact counts: Twisted's connection pool silently re-sends an idempotent request
 once when a *reused* keep-alive connection drops, so with ``Behavior.close()`` on plain http the
@@ -181,6 +183,13 @@ class Record:
     user_agent: str | None = None
     cookie: str | None = None
     at: float = field(default=0.0, compare=False)
+
+    @property
+    def host(self) -> str | None:
+        """The target host (lowercase), from the URL or the CONNECT's ``host:port``."""
+        if self.kind == "connect":
+            return self.target.rpartition(":")[0].strip("[]").lower() or None
+        return urlsplit(self.target).hostname
 
     @property
     def is_attempt(self) -> bool:
@@ -540,6 +549,8 @@ class Gateway:
         self._lock = threading.Lock()
         self._records: list[Record] = []
         self._behaviors: dict[str, tuple[Behavior, float]] = {}
+        # (session or None for every session, target host) -> behaviour, see set_host_behavior.
+        self._host_behaviors: dict[tuple[str | None, str], tuple[Behavior, float]] = {}
         self._default: tuple[Behavior, float] = (Behavior(), 0.0)
         self._conns: set[_Conn] = set()
         self._stop_event = threading.Event()
@@ -635,9 +646,25 @@ class Gateway:
         with self._lock:
             self._behaviors.pop(session, None)
 
-    def _action(self, session: str) -> Behavior:
+    def set_host_behavior(self, host: str, behavior: Behavior, session: str | None = None) -> None:
+        """Use ``behavior`` for requests to target ``host`` (a CONNECT's and its tunnel's too):
+        those of ``session`` only, or of every session when ``session`` is None. It comes before
+        the per-session and default behaviours, ``session``'s own before every session's."""
         with self._lock:
-            behavior, since = self._behaviors.get(session, self._default)
+            self._host_behaviors[session, host.lower()] = (behavior, time.monotonic())
+
+    def clear_host_behavior(self, host: str, session: str | None = None) -> None:
+        """Undo ``set_host_behavior(host, ..., session)``."""
+        with self._lock:
+            self._host_behaviors.pop((session, host.lower()), None)
+
+    def _action(self, session: str, host: str | None = None) -> Behavior:
+        with self._lock:
+            by_host = self._host_behaviors
+            found = None
+            if by_host and host is not None:
+                found = by_host.get((session, host)) or by_host.get((None, host))
+            behavior, since = found or self._behaviors.get(session, self._default)
         if behavior.seconds is not None and time.monotonic() - since >= behavior.seconds:
             return Behavior()
         return behavior
@@ -650,10 +677,15 @@ class Gateway:
         with self._lock:
             return list(self._records)
 
-    def count(self, session: str) -> int:
-        """Download attempts received for ``session`` (see :attr:`Record.is_attempt`)."""
+    def count(self, session: str, host: str | None = None) -> int:
+        """Download attempts received for ``session`` (see :attr:`Record.is_attempt`); with
+        ``host``, only those to that target host."""
         with self._lock:
-            return sum(1 for r in self._records if r.session == session and r.is_attempt)
+            return sum(
+                1
+                for r in self._records
+                if r.session == session and r.is_attempt and (host is None or r.host == host)
+            )
 
     def counts(self) -> dict[str, int]:
         """Download attempts per session, for every session that made any."""
@@ -804,7 +836,7 @@ class Gateway:
             )
             return not close
         assert session is not None
-        behavior = self._action(session)
+        behavior = self._action(session, split.hostname)
         return self._answer(conn, req, "http", session, username, req.target, close, behavior)
 
     def _answer(
@@ -879,7 +911,7 @@ class Gateway:
             )
             return
         assert session is not None
-        behavior = self._action(session)
+        behavior = self._action(session, host.strip("[]").lower())
         if behavior.action != "ok" and not behavior.tunnel:
             # Any refusal ends the connection, whatever the client asked for.
             self._answer(conn, req, "connect", session, username, req.target, True, behavior)
@@ -936,7 +968,7 @@ class Gateway:
                 conn.sock.sendall(_response(400, b"hexgate: 400", close=True))
                 return
             close = req.wants_close() or not self.keep_alive
-            behavior = self._action(session)
+            behavior = self._action(session, host.strip("[]").lower())
             if not self._answer(conn, req, "tunnel", session, username, url, close, behavior):
                 return
 
