@@ -89,8 +89,9 @@ pub struct HostBans {
     max_failures: u32,
     cooldown_ns: u64,
     max_records: usize,
-    /// Hosts are told apart by a 64-bit keyed hash (SipHash, random key): two names share
-    /// bans only if their hashes collide, about 1 in 10^10 with a million tracked hosts.
+    /// Hosts are told apart by a 64-bit keyed hash (SipHash, random key), so a host costs the
+    /// same whatever its name's length: two names tracked at once share bans only if their
+    /// hashes collide, about 2 in 10^9 with 2^18 hosts tracked.
     hasher: RandomState,
     /// Host key -> its slot in `hosts`.
     index: HashMap<u64, u32>,
