@@ -156,6 +156,10 @@ impl Core {
         Ok(self.engine.forget(self.number(number)?)?)
     }
 
+    fn take_released(&self) -> bool {
+        self.engine.take_released()
+    }
+
     // `status=None` stands for a transport exception.
     #[pyo3(signature = (status, retry_times, max_retry_times = None))]
     fn decide_retry(

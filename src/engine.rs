@@ -1,6 +1,7 @@
 //! The engine: one pool, its clock, the retry policy, the provider (gateway or proxy list) and
 //! the stats, shared by every thread that downloads.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -46,6 +47,9 @@ pub struct Engine {
     /// Whether ids rotate (the state keeps `Identities`): only then do numbers go beyond the
     /// pool size.
     rotates: bool,
+    /// Domain scope: a slot cooling for some host took a new id, which no host holds anything
+    /// against, so requests waiting for that host may go now (see `take_released`).
+    released: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -97,6 +101,7 @@ impl Engine {
         Self {
             retry: RetryPolicy::new(config.retry_codes, config.max_retries),
             rotates: identities.is_some(),
+            released: AtomicBool::new(false),
             config,
             clock,
             state: Mutex::new(State {
@@ -153,7 +158,11 @@ impl Engine {
             // A new identity starts with a clean run (on every host, in domain scope).
             match hosts {
                 None => pool.success(slot),
-                Some(hosts) => hosts.forget(slot),
+                Some(hosts) => {
+                    if hosts.forget(slot) {
+                        self.released.store(true, Ordering::Release);
+                    }
+                }
             }
             self.stats.rotated();
         }
@@ -391,9 +400,17 @@ impl Engine {
     pub fn forget(&self, number: u64) -> Result<(), Error> {
         let (slot, _) = self.locate(number)?;
         if let Some(hosts) = &mut self.state.lock().hosts {
-            hosts.forget(slot);
+            if hosts.forget(slot) {
+                self.released.store(true, Ordering::Release);
+            }
         }
         Ok(())
+    }
+
+    /// Whether a cooldown ended early since the last call (domain scope: a slot that cooled
+    /// for some host took a new id): the caller wakes the requests waiting for a session.
+    pub fn take_released(&self) -> bool {
+        self.released.load(Ordering::Relaxed) && self.released.swap(false, Ordering::AcqRel)
     }
 
     pub fn stats_snapshot(&self) -> Vec<(String, u64)> {
@@ -467,7 +484,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use std::collections::{HashMap, HashSet};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
     use std::thread;
 
     use super::*;
@@ -1093,8 +1110,12 @@ mod tests {
         assert_eq!(engine.pick_for(Some("b.test"), &[]), Some(0));
         // Its second use is up: the next pick rotates the slot to id 1 ("s001"), which no host
         // has seen: a.test's ban and b.test's run belong to the old id.
+        assert!(!engine.take_released());
         assert_eq!(engine.pick_for(Some("c.test"), &[]), Some(1));
         assert_eq!(stat(&engine, "hex_proxy/rotated"), 1);
+        // That ended a.test's ban early: whoever waits for a.test is to be woken, once.
+        assert!(engine.take_released());
+        assert!(!engine.take_released());
         assert_eq!(engine.counts(), (1, 0));
         assert_eq!(stat(&engine, "hex_proxy/hosts/tracked"), 0);
         assert_eq!(engine.pick_for(a, &[]), Some(1));

@@ -446,6 +446,11 @@ impl ProxyHooks {
         match picked {
             Some(number) => {
                 shared.assign(py, request, &meta, number, host)?;
+                // Domain scope: this pick gave a slot a new id and so ended a ban early; the
+                // requests waiting for that host may go.
+                if shared.domain && engine.take_released() {
+                    runtime_of(slf.as_any())?.call_method0(intern!(py, "wake"))?;
+                }
                 Ok(None)
             }
             // Every session is cooling (for this host, in domain scope), or the credentials

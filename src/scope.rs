@@ -295,8 +295,14 @@ impl HostBans {
     }
 
     /// Drops every record of `slot`, on every host (the slot got a new identity): O(1) when
-    /// no host holds one (the common case), else O(hosts tracked).
-    pub fn forget(&mut self, slot: u32) {
+    /// no host holds one (the common case), else O(hosts tracked). True if that ended a
+    /// cooldown (requests waiting for that host may go now).
+    pub fn forget(&mut self, slot: u32) -> bool {
+        let cooled = self
+            .slots
+            .held
+            .get(&slot)
+            .is_some_and(|held| held.cooling > 0);
         let mut h = self.newest;
         while h != NIL && self.slots.held.contains_key(&slot) {
             let older = self.hosts[h as usize].older;
@@ -306,6 +312,7 @@ impl HostBans {
             }
             h = older;
         }
+        cooled
     }
 
     /// The (slot, host) pair that comes back first: its slot, and how long until then.

@@ -228,7 +228,7 @@ async def test_domain_scope_with_the_real_clock_waiting_requests_wake_when_their
     assert result.hex_stats()["hex_proxy/blacklisted"] >= 2
 
 
-@pytest.mark.parametrize("value", ["Domain", "host", "", 1, ["domain"]])
+@pytest.mark.parametrize("value", ["domains", "host", "", 1, ["domain"]])
 @pytest_twisted.ensureDeferred
 async def test_a_bad_ban_scope_stops_the_crawl_with_a_message_naming_it(
     crawl, base_settings, hexproxy_gateway, value
@@ -237,6 +237,68 @@ async def test_a_bad_ban_scope_stops_the_crawl_with_a_message_naming_it(
     with pytest.raises(HexProxyConfigError, match="HEX_PROXY_BAN_SCOPE"):
         await crawl(settings, urls(3, host="a.test"))
     assert hexproxy_gateway.records == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_rotate_on_blacklist_with_domain_scope_stops_the_crawl_naming_both(
+    crawl, base_settings, hexproxy_gateway
+):
+    settings = {
+        **base_settings,
+        "HEX_PROXY_BAN_SCOPE": "Domain",
+        "HEX_PROXY_ON_BLACKLIST": "rotate",
+    }
+    with pytest.raises(HexProxyConfigError) as info:
+        await crawl(settings, urls(3, host="a.test"))
+    assert 'HEX_PROXY_ON_BLACKLIST = "rotate"' in str(info.value)
+    assert 'HEX_PROXY_BAN_SCOPE = "domain"' in str(info.value)
+    assert hexproxy_gateway.records == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_domain_scope_an_id_rotated_for_its_uses_is_clean_on_the_host_that_banned_it(
+    crawl, base_settings, hexproxy_gateway
+):
+    # One slot. a.test bans its first id, s000: two 403s blacklist it for a.test, and the
+    # request's second retry waits (no session is live for a.test; the clock stands still).
+    # Then a request to b.test takes the slot, whose id is used up (two uses): it goes out as
+    # s001, a new identity no host holds anything against, and the a.test request, woken at
+    # once, goes out on s001 too and gets its page.
+    hexproxy_gateway.set_host_behavior("a.test", Behavior.answer(403), session="s000")
+    settings = {
+        **base_settings,
+        "HEX_PROXY_BAN_SCOPE": "domain",
+        "HEX_PROXY_SESSION_POOL_SIZE": 1,
+        "HEX_PROXY_MAX_FAILURES": 2,
+        "HEX_PROXY_SESSION_MAX_USES": 2,
+        "HEX_PROXY_MANUAL_CLOCK": True,
+        "CONCURRENT_REQUESTS": 2,
+    }
+    seen = {}
+
+    def send_b_test(crawler, runtime):
+        seen.update(waiting=runtime.waiting, a_wait=runtime.core.next_live_in("a.test"))
+        late = Request("http://b.test/late", callback=crawler.spider.parse, dont_filter=True)
+        crawler.engine.crawl(late)
+
+    result = await crawl(
+        settings,
+        ["http://a.test/first"],
+        before=lambda c: _when(c, lambda c, r: r.waiting == 1, send_b_test),
+    )
+    assert not result.errors
+    pages = {p.url: (p.status, p.meta_session, p.retry_times) for p in result.pages}
+    assert pages == {
+        "http://a.test/first": (200, "s001", 2),
+        "http://b.test/late": (200, "s001", 0),
+    }
+    # It waited on a cooldown of 300 s that the new id made moot.
+    assert seen == {"waiting": 1, "a_wait": 300.0}
+    assert hexproxy_gateway.count("s000", "a.test") == 2
+    stats = result.hex_stats()
+    assert (stats["hex_proxy/blacklisted"], stats["hex_proxy/rotated"]) == (1, 1)
+    assert stats["hex_proxy/sessions/cooling"] == 0
+    assert stats["hex_proxy/hosts/tracked"] == 0
 
 
 # -- hook level --------------------------------------------------------------------------------

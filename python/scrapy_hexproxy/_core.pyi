@@ -185,6 +185,10 @@ class Core:
         """Drop what every host holds against the session's slot (domain scope; nothing in
         session scope). ``pick`` does it itself when it gives a slot a new id."""
 
+    def take_released(self) -> bool:
+        """Whether a cooldown ended early since the last call (domain scope: a slot cooling for
+        some host took a new id, in ``pick`` or ``forget``): then wake the waiting requests."""
+
     def next_back(self) -> tuple[str, float] | None:
         """``(session id, seconds)`` of the cooling session whose cooldown ends first (domain
         scope: of the cooling (session, host) pairs); ``None`` when no session is cooling."""

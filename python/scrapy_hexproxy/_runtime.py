@@ -166,6 +166,8 @@ class Runtime:
             number = self.core.pick(request.meta.get(FAILED), host)
             if number is not None:
                 assign(request, number)
+                if host is not None and self.core.take_released():
+                    self.wake()  # that pick gave a slot a new id, which ended a ban early
                 return
             waiter: Deferred[None] = Deferred(self._forget)
             self._waiters.append(waiter)
