@@ -133,6 +133,24 @@ impl Core {
             .record_status_for(self.number(number)?, host, status)?)
     }
 
+    #[pyo3(signature = (number, status, failed, host = None))]
+    fn record_response(
+        &self,
+        number: i64,
+        status: u16,
+        failed: bool,
+        host: Option<&str>,
+    ) -> PyResult<u32> {
+        Ok(self
+            .engine
+            .record_response_for(self.number(number)?, host, status, failed)?)
+    }
+
+    #[pyo3(signature = (number, host = None))]
+    fn record_ban(&self, number: i64, host: Option<&str>) -> PyResult<u32> {
+        Ok(self.engine.record_ban_for(self.number(number)?, host)?)
+    }
+
     #[pyo3(signature = (number, host = None))]
     fn record_success(&self, number: i64, host: Option<&str>) -> PyResult<()> {
         Ok(self.engine.record_success_for(self.number(number)?, host)?)

@@ -180,10 +180,32 @@ impl Engine {
         host: Option<&str>,
         status: u16,
     ) -> Result<u32, Error> {
-        let session = self.locate(number)?;
         let failed = self.config.failure_codes.contains(status);
+        self.record_response_for(number, host, status, failed)
+    }
+
+    /// Counts a response that a ban policy judged: `failed` (a ban) is a failure of the
+    /// session, anything else a success. A ban on a status in the failure codes is counted
+    /// under the status, as without a policy; any other ban under `ban`. A 407 counts against
+    /// the credentials whatever the verdict: the policy judges the session, not the password.
+    pub fn record_response(&self, number: u64, status: u16, failed: bool) -> Result<u32, Error> {
+        self.record_response_for(number, None, status, failed)
+    }
+
+    pub fn record_response_for(
+        &self,
+        number: u64,
+        host: Option<&str>,
+        status: u16,
+        failed: bool,
+    ) -> Result<u32, Error> {
+        let session = self.locate(number)?;
         let mut flags = if failed {
-            self.stats.status_failure(status);
+            if self.config.failure_codes.contains(status) {
+                self.stats.status_failure(status);
+            } else {
+                self.stats.ban();
+            }
             self.failure(session, host) | FAILED
         } else {
             self.success(session, host);
@@ -222,6 +244,18 @@ impl Engine {
     ) -> Result<u32, Error> {
         let session = self.locate(number)?;
         self.stats.exception_failure(reason);
+        Ok(self.failure(session, host) | FAILED)
+    }
+
+    /// Counts a ban the status and exception rules would not have seen (a ban policy's verdict
+    /// on an exception that is no transport failure), under `ban`.
+    pub fn record_ban(&self, number: u64) -> Result<u32, Error> {
+        self.record_ban_for(number, None)
+    }
+
+    pub fn record_ban_for(&self, number: u64, host: Option<&str>) -> Result<u32, Error> {
+        let session = self.locate(number)?;
+        self.stats.ban();
         Ok(self.failure(session, host) | FAILED)
     }
 
@@ -625,6 +659,77 @@ mod tests {
     }
 
     #[test]
+    fn a_ban_verdict_is_a_failure_counted_under_ban_unless_its_status_is_a_failure_code() {
+        let engine = engine_with(|s| s.max_failures = 3);
+        assert_eq!(engine.record_response(1, 200, true), Ok(FAILED));
+        assert_eq!(engine.record_response(1, 404, true), Ok(FAILED));
+        assert_eq!(
+            engine.record_response(1, 503, true),
+            Ok(FAILED | BLACKLISTED)
+        );
+        assert_eq!(stat(&engine, "hex_proxy/failure/ban"), 2);
+        assert_eq!(stat(&engine, "hex_proxy/failure/503"), 1);
+        assert_eq!(stat(&engine, "hex_proxy/failure/200"), 0);
+        assert_eq!(stat(&engine, "hex_proxy/blacklisted"), 1);
+    }
+
+    #[test]
+    fn a_not_ban_verdict_is_a_success_even_on_a_failure_code() {
+        let engine = engine_with(|s| s.max_failures = 2);
+        assert_eq!(engine.record_response(2, 503, false), Ok(0));
+        assert_eq!(engine.record_status(2, 503), Ok(FAILED));
+        // The run of failures was reset by the 503 judged not a ban, then starts again.
+        assert_eq!(engine.record_response(2, 429, false), Ok(0));
+        assert_eq!(engine.record_status(2, 503), Ok(FAILED));
+        assert_eq!(engine.record_status(2, 503), Ok(FAILED | BLACKLISTED));
+        assert_eq!(stat(&engine, "hex_proxy/failure/503"), 3);
+        assert_eq!(stat(&engine, "hex_proxy/failure/429"), 0);
+    }
+
+    #[test]
+    fn a_407_counts_against_the_credentials_whatever_the_verdict() {
+        let engine = engine_with(|s| {
+            s.max_failures = 100;
+            s.auth_failures_to_close = 2;
+        });
+        assert_eq!(engine.record_response(0, 407, false), Ok(0));
+        assert_eq!(
+            engine.record_response(0, 407, true),
+            Ok(FAILED | AUTH_FAILED)
+        );
+        // A ban on a 200 is no proof of the credentials either way: it neither counts nor resets.
+        let engine = engine_with(|s| s.auth_failures_to_close = 2);
+        assert_eq!(engine.record_status(0, 407), Ok(FAILED));
+        assert_eq!(engine.record_response(1, 200, true), Ok(FAILED));
+        assert_eq!(engine.record_status(0, 407), Ok(FAILED | AUTH_FAILED));
+    }
+
+    #[test]
+    fn a_ban_without_a_status_is_a_failure_counted_under_ban() {
+        let engine = engine_with(|s| s.max_failures = 2);
+        assert_eq!(engine.record_ban(4), Ok(FAILED));
+        assert_eq!(
+            engine.record_exception(4, "TunnelError"),
+            Ok(FAILED | BLACKLISTED)
+        );
+        assert_eq!(stat(&engine, "hex_proxy/failure/ban"), 1);
+        assert_eq!(
+            engine.record_ban(20),
+            Err(Error::IndexOutOfRange {
+                index: 20,
+                pool_size: 20
+            })
+        );
+        assert_eq!(
+            engine.record_response(20, 200, true),
+            Err(Error::IndexOutOfRange {
+                index: 20,
+                pool_size: 20
+            })
+        );
+    }
+
+    #[test]
     fn a_refused_tunnel_is_always_a_failure_and_a_407_refusal_counts_against_the_credentials() {
         let engine = engine_with(|s| {
             s.failure_codes = vec![503];
@@ -1008,6 +1113,24 @@ mod tests {
         assert_eq!(stat(&engine, "hex_proxy/hosts/tracked"), 2);
         // The pool itself never benches anyone in domain scope.
         assert_eq!(engine.state.lock().pool.cooling_count(0), 0);
+    }
+
+    #[test]
+    fn domain_scope_holds_a_ban_verdict_against_the_host_it_came_from() {
+        let engine = domain_engine(4);
+        let (a, b) = (Some("a.test"), Some("b.test"));
+        assert_eq!(engine.record_response_for(1, a, 200, true), Ok(FAILED));
+        assert_eq!(engine.record_ban_for(1, a), Ok(FAILED | BLACKLISTED));
+        // Judged not a ban, a 503 clears the run on its host like any success.
+        assert_eq!(engine.record_response_for(1, b, 503, true), Ok(FAILED));
+        assert_eq!(engine.record_response_for(1, b, 503, false), Ok(0));
+        assert_eq!(engine.record_response_for(1, b, 503, true), Ok(FAILED));
+        for _ in 0..100 {
+            assert_ne!(engine.pick_for(a, &[]), Some(1));
+        }
+        assert!((0..100).any(|_| engine.pick_for(b, &[]) == Some(1)));
+        assert_eq!(stat(&engine, "hex_proxy/failure/ban"), 2);
+        assert_eq!(stat(&engine, "hex_proxy/failure/503"), 2);
     }
 
     #[test]

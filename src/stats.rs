@@ -16,6 +16,8 @@ pub struct Stats {
     status_failures: [AtomicU64; STATUSES],
     /// Failures by exception class name.
     exception_failures: Mutex<HashMap<String, u64>>,
+    /// Failures a ban policy found that the status and exception rules would not have.
+    bans: AtomicU64,
     blacklisted: AtomicU64,
     retry: AtomicU64,
     retry_max_exceeded: AtomicU64,
@@ -34,6 +36,7 @@ impl Default for Stats {
         Self {
             status_failures: std::array::from_fn(|_| AtomicU64::new(0)),
             exception_failures: Mutex::default(),
+            bans: AtomicU64::new(0),
             blacklisted: AtomicU64::new(0),
             retry: AtomicU64::new(0),
             retry_max_exceeded: AtomicU64::new(0),
@@ -61,6 +64,10 @@ impl Stats {
                 failures.insert(reason.to_owned(), 1);
             }
         }
+    }
+
+    pub fn ban(&self) {
+        bump(&self.bans);
     }
 
     pub fn blacklisted(&self) {
@@ -104,7 +111,12 @@ impl Stats {
             .map(|(status, count)| (status, load(count)))
             .filter(|&(_, count)| count > 0)
             .map(|(status, count)| (status.to_string(), count));
-        let by_exception = self.exception_failures.lock().clone();
+        let mut by_exception = self.exception_failures.lock().clone();
+        // Shares the key space of exception names; an exception class called `ban` adds up.
+        let bans = load(&self.bans);
+        if bans > 0 {
+            *by_exception.entry("ban".to_owned()).or_default() += bans;
+        }
         let failures = by_status
             .chain(by_exception)
             .map(|(reason, count)| (format!("hex_proxy/failure/{reason}"), count));
@@ -168,6 +180,7 @@ mod tests {
         stats.status_failure(100);
         stats.status_failure(599);
         stats.exception_failure("TunnelError");
+        stats.ban();
         stats.blacklisted();
         stats.retry();
         stats.retry();
@@ -186,6 +199,7 @@ mod tests {
                 "hex_proxy/failure/429",
                 "hex_proxy/failure/599",
                 "hex_proxy/failure/TunnelError",
+                "hex_proxy/failure/ban",
                 "hex_proxy/retry",
                 "hex_proxy/retry/delayed",
                 "hex_proxy/retry/dropped_at_close",
