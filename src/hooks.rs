@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 
 use crate::binding::Core;
 use crate::identity::user_agent_index;
@@ -33,6 +33,13 @@ const AUTH_PROXY: &str = "_auth_proxy";
 pub const NOT_BEFORE: &str = "_hex_not_before";
 /// Scrapy's meta key of the cookie jar (`HEX_PROXY_BIND_COOKIEJAR`).
 const COOKIEJAR: &str = "cookiejar";
+/// Meta key of a ban verdict waiting for the retry middleware: set when `ProxyHooks` settled
+/// an attempt the ban policy called a ban (it saw the response first), taken off by
+/// `RetryHooks`; a stale one is dropped when the next attempt starts.
+pub const BAN: &str = "_hex_ban";
+/// Meta key of the per-request switch: a falsy value other than None (`False`, `0`) leaves the
+/// request alone.
+pub const SWITCH: &str = "hex_proxy";
 
 /// What both hook classes share: the core and what `assign` writes. Nothing here refers back
 /// to Python objects that could form a cycle.
@@ -56,6 +63,9 @@ struct Shared {
     user_agents: Option<UserAgents>,
     /// Ban scope "domain": attempts are picked for, and settled against, their target host.
     domain: bool,
+    /// Whether a ban policy judges each settled attempt (`HEX_PROXY_BAN_POLICY`). The policy
+    /// itself stays with the runtime, where the garbage collector sees it.
+    ban_policy: bool,
 }
 
 /// The User-Agents sessions present, and which values a request may carry that are not the
@@ -92,6 +102,21 @@ impl UserAgents {
             replaceable,
             header_name: PyBytes::new(py, b"User-Agent").unbind(),
         }))
+    }
+
+    /// Whether `value` (a header's list of values) is one of the User-Agents sessions present.
+    fn is_ours(&self, value: &Bound<'_, PyAny>) -> bool {
+        let last = value
+            .cast::<PyList>()
+            .ok()
+            .and_then(|list| list.iter().last())
+            .and_then(|last| last.extract::<Vec<u8>>().ok());
+        last.is_some_and(|last| {
+            let py = value.py();
+            self.values
+                .iter()
+                .any(|ours| ours.bind(py).as_bytes() == last)
+        })
     }
 
     /// Gives the attempt the User-Agent of session `number`, unless the request carries one
@@ -154,6 +179,25 @@ impl Route {
     }
 }
 
+impl Route {
+    /// Whether `proxy` (a `meta["proxy"]` value) is a URL this route sends attempts to. With a
+    /// list, a scan: only for a copy switched off after an attempt (`leave_alone`).
+    fn is_ours(&self, proxy: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = proxy.py();
+        match self {
+            Self::Gateway { url, .. } => proxy.eq(url.bind(py)),
+            Self::List(listed) => {
+                for entry in listed {
+                    if proxy.eq(entry.url.bind(py))? {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
 impl Shared {
     fn new(runtime: &Bound<'_, PyAny>) -> PyResult<Self> {
         let py = runtime.py();
@@ -173,7 +217,61 @@ impl Shared {
             header_name: PyBytes::new(py, b"Proxy-Authorization").unbind(),
             bind_cookiejar: runtime.getattr("bind_cookiejar")?.extract()?,
             user_agents: UserAgents::new(runtime)?,
+            ban_policy: !runtime.getattr("ban_policy")?.is_none(),
         })
+    }
+
+    /// A request switched off (`meta["hex_proxy"] = False`) that an earlier attempt of ours
+    /// went out on (a copy): count that attempt if its outcome never reached us, and take off
+    /// what `assign` put on it (session, our proxy URL, the credentials header, a cookie jar
+    /// and User-Agent of ours, our private keys), so it goes out as if we had never seen it.
+    fn leave_alone(
+        &self,
+        owner: &Bound<'_, PyAny>,
+        request: &Bound<'_, PyAny>,
+        meta: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
+        let py = owner.py();
+        if meta.contains(intern!(py, ATTEMPT))? {
+            runtime_of(owner)?.call_method1(intern!(py, "settle_unobserved"), (request,))?;
+        }
+        let session = intern!(py, SESSION);
+        if let (Some(jar), Some(id)) = (
+            meta.get_item(intern!(py, COOKIEJAR))?,
+            meta.get_item(session)?,
+        ) {
+            if self.bind_cookiejar && jar.is(&id) {
+                meta.del_item(intern!(py, COOKIEJAR))?;
+            }
+        }
+        for key in [
+            session,
+            intern!(py, FAILED),
+            intern!(py, BAN),
+            intern!(py, NOT_BEFORE),
+        ] {
+            take_flag(meta, key)?;
+        }
+        let proxy = intern!(py, "proxy");
+        if let Some(url) = meta.get_item(proxy)? {
+            if self.route.is_ours(&url)? {
+                meta.del_item(proxy)?;
+            }
+        }
+        let headers = self.headers(py, request)?;
+        let name = self.header_name.bind(py);
+        if headers.contains(name)? {
+            headers.del_item(name)?;
+        }
+        if let Some(user_agents) = &self.user_agents {
+            let name = user_agents.header_name.bind(py);
+            if let Some(value) = headers.get_item(name)? {
+                if user_agents.is_ours(&value) {
+                    headers.del_item(name)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The request's target host in ban scope "domain"; `None` in session scope, which reads
@@ -339,18 +437,23 @@ impl Shared {
     }
 
     /// Counts the response against the attempt's session, unless another middleware did it
-    /// already (the attempt token is gone) or it came from the cache. Returns the meta.
+    /// already (the attempt token is gone) or it came from the cache. With a ban policy, the
+    /// policy judges the attempt here, once. Returns the meta and whether the attempt was a
+    /// ban; `decides`: the caller decides the retry, so a ban verdict needs no meta flag.
     fn settle_response<'py>(
         &self,
         owner: &Bound<'py, PyAny>,
         request: &Bound<'py, PyAny>,
         response: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+        decides: bool,
+    ) -> PyResult<(Bound<'py, PyDict>, bool)> {
         let py = owner.py();
         let meta = self.meta(request)?;
         let key = intern!(py, ATTEMPT);
         let Some(attempt) = meta.get_item(key)? else {
-            return Ok(meta);
+            // Settled already: by a middleware that may have left a ban verdict for us.
+            let banned = decides && self.ban_policy && take_flag(&meta, intern!(py, BAN))?;
+            return Ok((meta, banned));
         };
         meta.del_item(key)?;
         // A cached response (HttpCacheMiddleware) never went through the session.
@@ -358,7 +461,7 @@ impl Shared {
             .getattr(intern!(py, "flags"))?
             .contains(intern!(py, "cached"))?
         {
-            return Ok(meta);
+            return Ok((meta, false));
         }
         let attempt = attempt.cast::<PyTuple>()?;
         let number: u64 = attempt.get_item(0)?.extract()?;
@@ -369,7 +472,27 @@ impl Shared {
         };
         let status = status_of(py, response)?;
         let engine = self.core.get().engine();
-        let flags = engine.record_status_for(number, host.as_deref(), status)?;
+        let (flags, banned) = if self.ban_policy {
+            let runtime = runtime_of(owner)?;
+            let verdict = runtime
+                .getattr(intern!(py, "response_is_ban"))?
+                .call1((request, response))?;
+            match verdict_of(&runtime, "response_is_ban", &verdict)? {
+                None => (
+                    engine.record_status_for(number, host.as_deref(), status)?,
+                    false,
+                ),
+                Some(ban) => (
+                    engine.record_response_for(number, host.as_deref(), status, ban)?,
+                    ban,
+                ),
+            }
+        } else {
+            (
+                engine.record_status_for(number, host.as_deref(), status)?,
+                false,
+            )
+        };
         if flags != 0 {
             let runtime = runtime_of(owner)?;
             let settled = intern!(py, "_settled");
@@ -378,7 +501,47 @@ impl Shared {
                 Some(host) => runtime.call_method1(settled, (request, number, flags, host))?,
             };
         }
-        Ok(meta)
+        if banned && !decides {
+            meta.set_item(intern!(py, BAN), true)?;
+        }
+        Ok((meta, banned))
+    }
+}
+
+/// A ban policy's answer: `None` (the default rules) or a bool; anything else is the policy's
+/// programming error, raised as the runtime's TypeError naming the setting and the method.
+fn verdict_of(
+    runtime: &Bound<'_, PyAny>,
+    method: &str,
+    verdict: &Bound<'_, PyAny>,
+) -> PyResult<Option<bool>> {
+    if verdict.is_none() {
+        return Ok(None);
+    }
+    if let Ok(ban) = verdict.cast::<PyBool>() {
+        return Ok(Some(ban.is_true()));
+    }
+    let error = runtime.call_method1(intern!(runtime.py(), "bad_verdict"), (method, verdict))?;
+    Err(PyErr::from_value(error))
+}
+
+/// Removes `key` from `meta`; whether it was there with a true value.
+fn take_flag(meta: &Bound<'_, PyDict>, key: &Bound<'_, PyString>) -> PyResult<bool> {
+    match meta.get_item(key)? {
+        Some(value) => {
+            meta.del_item(key)?;
+            value.is_truthy()
+        }
+        None => Ok(false),
+    }
+}
+
+/// Whether the request's `hex_proxy` meta switches the middlewares off: a falsy value other
+/// than None (None reads as unset, the way `meta.get` would).
+fn switched_off(meta: &Bound<'_, PyDict>) -> PyResult<bool> {
+    match meta.get_item(intern!(meta.py(), SWITCH))? {
+        Some(switch) => Ok(!switch.is_none() && !switch.is_truthy()?),
+        None => Ok(false),
     }
 }
 
@@ -424,8 +587,20 @@ impl ProxyHooks {
         let py = slf.py();
         let shared = &slf.get().shared;
         let meta = shared.meta(request)?;
+        if switched_off(&meta)? {
+            // Left alone; only what an earlier attempt of ours put on it is taken off.
+            if meta.contains(intern!(py, SESSION))? || meta.contains(intern!(py, ATTEMPT))? {
+                shared.leave_alone(slf.as_any(), request, &meta)?;
+            }
+            return Ok(None);
+        }
         if meta.contains(intern!(py, ATTEMPT))? {
             runtime_of(slf.as_any())?.call_method1(intern!(py, "settle_unobserved"), (request,))?;
+        }
+        if shared.ban_policy {
+            // A verdict no retry middleware took (HexProxy alone, or a redirect in between)
+            // belongs to the attempt before.
+            take_flag(&meta, intern!(py, BAN))?;
         }
         // A paced retry normally waits out of the downloader and arrives here due, without the
         // key (the runtime's request_scheduled handler); one that bypassed the scheduler
@@ -477,7 +652,7 @@ impl ProxyHooks {
         let _ = spider;
         slf.get()
             .shared
-            .settle_response(slf.as_any(), request, &response)?;
+            .settle_response(slf.as_any(), request, &response, false)?;
         Ok(response)
     }
 
@@ -520,9 +695,10 @@ impl RetryHooks {
         let _ = spider;
         let py = slf.py();
         let shared = &slf.get().shared;
-        let meta = shared.settle_response(slf.as_any(), request, &response)?;
+        let (meta, banned) = shared.settle_response(slf.as_any(), request, &response, true)?;
         let status = status_of(py, &response)?;
-        if !shared.core.get().engine().may_retry(status) {
+        let retryable = shared.core.get().engine().may_retry(status);
+        if !retryable && !banned {
             return Ok(response);
         }
         if let Some(dont_retry) = meta.get_item(intern!(py, "dont_retry"))? {
@@ -530,9 +706,20 @@ impl RetryHooks {
                 return Ok(response);
             }
         }
-        let reason = status.to_string();
-        let retry =
-            slf.call_method1(intern!(py, "_retry"), (request, status, reason, &response))?;
+        if switched_off(&meta)? {
+            return Ok(response);
+        }
+        // A ban is retried whatever its status; a status the retry codes hold keeps its own
+        // rules (a 407 once the credentials failed, a Retry-After). `None`: always retryable.
+        let (status_arg, reason) = if banned {
+            (retryable.then_some(status), format!("ban ({status})"))
+        } else {
+            (Some(status), status.to_string())
+        };
+        let retry = slf.call_method1(
+            intern!(py, "_retry"),
+            (request, status_arg, reason, &response),
+        )?;
         Ok(if retry.is_none() { response } else { retry })
     }
 }

@@ -39,6 +39,10 @@ mod _core {
     #[pymodule_export]
     const SESSION_KEY: &str = crate::hooks::SESSION;
     #[pymodule_export]
+    const BAN_KEY: &str = crate::hooks::BAN;
+    #[pymodule_export]
+    const SWITCH_KEY: &str = crate::hooks::SWITCH;
+    #[pymodule_export]
     const DEFAULT_USERNAME_TEMPLATE: &str = crate::provider::DEFAULT_TEMPLATE;
     #[pymodule_export]
     const NOT_BEFORE_KEY: &str = crate::hooks::NOT_BEFORE;

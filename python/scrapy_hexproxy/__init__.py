@@ -16,15 +16,23 @@ from typing import TYPE_CHECKING, Any
 from ._core import __version__
 
 if TYPE_CHECKING:
+    from ._banpolicy import BanPolicy
     from ._settings import HexProxyConfigError
     from .middlewares import HexProxyMiddleware, SmartRetryMiddleware
 
-__all__ = ["HexProxyConfigError", "HexProxyMiddleware", "SmartRetryMiddleware", "__version__"]
+__all__ = [
+    "BanPolicy",
+    "HexProxyConfigError",
+    "HexProxyMiddleware",
+    "SmartRetryMiddleware",
+    "__version__",
+]
 
 _LAZY = {
     "HexProxyMiddleware": "middlewares",
     "SmartRetryMiddleware": "middlewares",
     "HexProxyConfigError": "_settings",
+    "BanPolicy": "_banpolicy",
 }
 
 

@@ -49,6 +49,15 @@ FAILED_KEY: Final = "_hex_failed"
 SESSION_KEY: Final = "hex_session"
 """Meta key of the public session id of the attempt."""
 
+BAN_KEY: Final = "_hex_ban"
+"""Meta key of a ban verdict waiting for the retry middleware: set by the middleware that
+settled an attempt the ban policy called a ban without deciding its retry, taken off by the
+one that decides; a stale one is dropped when the next attempt starts."""
+
+SWITCH_KEY: Final = "hex_proxy"
+"""Meta key of the per-request switch: a falsy value other than None (``False``, ``0``) leaves
+the request alone (no session, no retry, no stats)."""
+
 NOT_BEFORE_KEY: Final = "_hex_not_before"
 """Meta key of a paced retry: the time on the core's clock (``Core.now``) before which it must
 not be sent."""
@@ -140,6 +149,20 @@ class Core:
         moved on to a new id since, is counted in the stats only (and such a success resets
         nothing)."""
 
+    def record_response(
+        self, number: int, status: int, failed: bool, host: str | None = None
+    ) -> int:
+        """Count a response as a ban policy judged it: ``failed`` (a ban) is a failure of the
+        session, counted under ``hex_proxy/failure/<status>`` when the status is one of
+        ``failure_codes`` and under ``hex_proxy/failure/ban`` otherwise; not ``failed`` is a
+        success, whatever the status. A 407 counts towards ``auth_failures_to_close`` either
+        way. Returns flags as ``record_status``."""
+
+    def record_ban(self, number: int, host: str | None = None) -> int:
+        """Count a ban without a status (a ban policy's verdict on an exception that is no
+        transport failure) as a failure, stat ``hex_proxy/failure/ban``. Returns ``FAILED``,
+        with ``BLACKLISTED`` (and ``ROTATED``) when it blacklisted the session."""
+
     def record_success(self, number: int, host: str | None = None) -> None:
         """Count an attempt that worked but whose status was not seen (e.g. a redirect):
         resets the session's consecutive failures and the consecutive 407s."""
@@ -160,8 +183,8 @@ class Core:
     ) -> int:
         """Whether to retry: ``PASS``, ``RETRY`` or ``GIVE_UP``.
 
-        ``status`` is the response status, or ``None`` for a transport exception (always
-        retryable); a status is retryable when it is in ``retry_codes``, except a 407 once
+        ``status`` is the response status, or ``None`` for a transport exception or a ban
+        (always retryable); a status is retryable when it is in ``retry_codes``, except a 407 once
         ``auth_failed``. ``retry_times`` is the number of retries already done (the request's
         ``retry_times`` meta); ``max_retry_times`` (meta) overrides ``max_retries``. Counts
         ``RETRY`` and ``GIVE_UP`` in the stats."""
@@ -261,13 +284,15 @@ class _Runtime(Protocol):
     bind_cookiejar: bool
     user_agents: tuple[bytes, ...] | None
     default_user_agent: bytes | None
+    ban_policy: Any
+    """The ``HEX_PROXY_BAN_POLICY`` instance, or None; read once, when the hooks are made."""
 
 class ProxyHooks:
     """The per-request hooks of ``HexProxyMiddleware``, which subclasses this.
 
     The subclass keeps the runtime in ``self._runtime``; the hooks call its
     ``settle_unobserved``, ``wait_and_assign``, ``wait_until_due`` and ``_settled`` on the rare
-    paths.
+    paths, and with a ban policy its ``response_is_ban`` (and ``bad_verdict``).
     """
 
     def __new__(cls, runtime: _Runtime, *args: Any, **kwargs: Any) -> Self: ...
@@ -280,12 +305,15 @@ class ProxyHooks:
         ``user_agents``, the session's ``User-Agent`` unless the user chose one. With no live
         session, return the runtime's coroutine that waits for one. A paced retry that still
         carries ``NOT_BEFORE_KEY`` (it bypassed the scheduler) gets the runtime's coroutine that
-        waits until it is due, then does all this."""
+        waits until it is due, then does all this. A request with ``meta["hex_proxy"] = False``
+        gets nothing; what an earlier attempt of ours put on it is taken off."""
 
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Response:
-        """Count the response against the attempt's session (once; never a cached one)."""
+        """Count the response against the attempt's session (once; never a cached one). With a
+        ban policy, its verdict decides; a ban is left in ``meta[BAN_KEY]`` for the retry
+        middleware."""
 
     def assign(self, request: Request, number: int) -> None:
         """Send the attempt through session ``number`` (as ``Core.pick`` returns it)."""
@@ -299,4 +327,5 @@ class RetryHooks:
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Request | Response:
         """Count the response as ``ProxyHooks.process_response`` does; for a status in the
-        retry codes (and no ``dont_retry``) return ``self._retry(...)`` or the response."""
+        retry codes or a ban (and no ``dont_retry``, no ``meta["hex_proxy"] = False``) return
+        ``self._retry(...)`` or the response."""

@@ -18,6 +18,7 @@ from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from . import _core
+from ._banpolicy import bad_verdict, build_ban_policy
 from ._logstats import PoolHealth
 from ._pacing import NOT_BEFORE, Pacer
 from ._settings import HexProxyConfigError, HexSettings, check_pool_size, read_settings
@@ -33,6 +34,10 @@ logger = logging.getLogger("scrapy_hexproxy")
 ATTEMPT = _core.ATTEMPT_KEY
 #: meta key of the session indices that already failed this request (a tuple: copies share it).
 FAILED = _core.FAILED_KEY
+#: meta key of a ban verdict left for the retry middleware (see hooks.rs).
+BAN = _core.BAN_KEY
+#: meta key of the per-request switch: ``meta["hex_proxy"] = False`` leaves a request alone.
+SWITCH = _core.SWITCH_KEY
 
 AUTH_FAILED_REASON = "hex_proxy_auth_failed"
 _TUNNEL_STATUS = re.compile(r"'status': (\d{3})")
@@ -128,6 +133,18 @@ class Runtime:
         self.bind_cookiejar = settings.bind_cookiejar
         self.user_agents, self.default_user_agent = _user_agent_values(crawler, settings)
         self.transport_exceptions = _transport_exceptions()
+        # HEX_PROXY_BAN_POLICY, read by the core's hooks: None leaves every verdict to the
+        # core's default rules.
+        self.ban_policy: Any = None
+        self.response_is_ban: Any = None
+        if settings.ban_policy is not None:
+            self.ban_policy = build_ban_policy(
+                settings.ban_policy,
+                crawler,
+                frozenset(settings.core_kwargs["failure_codes"]),
+                self.transport_exceptions,
+            )
+            self.response_is_ban = self.ban_policy.response_is_ban
         self._waiters: list[Deferred[None]] = []
         self._wake_call: Any = None
         self.health = PoolHealth(
@@ -239,20 +256,53 @@ class Runtime:
         else:
             self.core.record_success(number, host)
 
-    def settle_exception(self, request: Request, exception: BaseException) -> bool:
-        """Settle the attempt; True when the exception is a transport failure."""
-        attempt = request.meta.pop(ATTEMPT, None)
-        if not isinstance(exception, self.transport_exceptions):
-            return False  # a programming error is nobody's failure
-        if attempt is not None:
-            number, host = attempt[0], _sent_to(attempt)
-            status = self.tunnel_status(exception)
+    def settle_exception(
+        self, request: Request, exception: BaseException, *, decides: bool = False
+    ) -> bool:
+        """Settle the attempt; True when the request is to be retried: a transport failure, or
+        what the ban policy called a ban. With a policy, it judges the attempt here, once.
+        ``decides``: the caller decides the retry; otherwise a ban verdict is left in meta for
+        the retry middleware."""
+        meta = request.meta
+        attempt = meta.pop(ATTEMPT, None)
+        transport = isinstance(exception, self.transport_exceptions)
+        policy = self.ban_policy
+        if attempt is None:
+            # Settled already: by a middleware that may have left a ban verdict for us.
+            if decides and policy is not None and meta.pop(BAN, False):
+                return True
+            return transport
+        number, host = attempt[0], _sent_to(attempt)
+        verdict = None
+        if policy is not None:
+            verdict = policy.exception_is_ban(request, exception)
+            if verdict is not None and not isinstance(verdict, bool):
+                raise self.bad_verdict("exception_is_ban", verdict)
+        status = self.tunnel_status(exception) if transport else None
+        if verdict is False:
+            # Not held against the session. A refused tunnel is the gateway's answer: a
+            # response judged not a ban (a 407 still counts against the credentials).
+            if status is not None:
+                flags = self.core.record_response(number, status, False, host)
+                self._settled(request, number, flags, host)
+            return transport
+        if transport:
             if status is None:
                 flags = self.core.record_exception(number, type(exception).__name__, host)
             else:
                 flags = self.core.record_refusal(number, status, host)
-            self._settled(request, number, flags, host)
+        elif verdict:
+            flags = self.core.record_ban(number, host)
+        else:
+            return False  # a programming error is nobody's failure
+        self._settled(request, number, flags, host)
+        if verdict and not decides:
+            meta[BAN] = True
         return True
+
+    def bad_verdict(self, method: str, verdict: Any) -> TypeError:
+        """The TypeError for a ban policy's verdict that is not True, False or None."""
+        return bad_verdict(self.ban_policy, method, verdict)
 
     @staticmethod
     def tunnel_status(exception: BaseException) -> int | None:
@@ -408,6 +458,12 @@ def _user_agent_values(
         tuple(agent.encode("ascii") for agent in settings.user_agents),
         default.encode("utf-8") if isinstance(default, str) and default else None,
     )
+
+
+def switched_off(meta: dict[str, Any]) -> bool:
+    """Whether ``meta["hex_proxy"]`` leaves the request alone: a falsy value other than None."""
+    switch = meta.get(SWITCH)
+    return switch is not None and not switch
 
 
 def _sent_to(attempt: tuple[Any, ...]) -> str | None:

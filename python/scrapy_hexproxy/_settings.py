@@ -63,6 +63,8 @@ class HexSettings:
     bind_cookiejar: bool = False
     #: HEX_PROXY_USER_AGENTS: the User-Agents sessions present (None: leave it to Scrapy).
     user_agents: tuple[str, ...] | None = None
+    #: The class HEX_PROXY_BAN_POLICY names; None: the core's default rules.
+    ban_policy: type | None = None
 
 
 def is_enabled(settings: Any) -> bool:
@@ -329,6 +331,8 @@ def _template(settings: Any) -> str:
 
 def read_settings(settings: Any) -> HexSettings:
     """Every HEX_PROXY_* value, checked; raises HexProxyConfigError naming the setting."""
+    from ._banpolicy import load_ban_policy  # it imports this module
+
     list_setting = _list_setting(settings)
     if list_setting is None:
         gateway: Gateway | None = parse_gateway(settings.get(GATEWAY))
@@ -383,6 +387,7 @@ def read_settings(settings: Any) -> HexSettings:
         pool_size_set=settings.get("HEX_PROXY_SESSION_POOL_SIZE") is not None,
         bind_cookiejar=_bool(settings, "HEX_PROXY_BIND_COOKIEJAR"),
         user_agents=_user_agents(settings, "HEX_PROXY_USER_AGENTS"),
+        ban_policy=load_ban_policy(settings.get("HEX_PROXY_BAN_POLICY")),
     )
 
 

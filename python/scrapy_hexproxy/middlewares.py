@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from scrapy.exceptions import NotConfigured
 
 from . import _core
-from ._runtime import Runtime, _listing
+from ._runtime import Runtime, _listing, switched_off
 from ._settings import HexProxyConfigError, is_enabled
 
 if TYPE_CHECKING:
@@ -92,9 +92,9 @@ class SmartRetryMiddleware(_core.RetryHooks):
         self, request: Request, exception: Exception, spider: Spider | None = None
     ) -> Request | None:
         runtime = self._runtime
-        if not runtime.settle_exception(request, exception):
+        if not runtime.settle_exception(request, exception, decides=True):
             return None
-        if request.meta.get("dont_retry", False):
+        if request.meta.get("dont_retry", False) or switched_off(request.meta):
             return None
         # A CONNECT refused for bad credentials is a 407 like any other.
         status = runtime.tunnel_status(exception)
