@@ -104,6 +104,8 @@ class Behavior:
     seconds: float | None = None
     tunnel: bool = False
     headers: tuple[tuple[str, str], ...] = ()
+    #: With action ``"status"``: an HTML body to answer instead of ``hexgate: <status>``.
+    body: str | None = None
 
     def __post_init__(self) -> None:
         if self.action not in ("ok", "status", "close", "hang"):
@@ -129,6 +131,12 @@ class Behavior:
         """Answer every request with ``status`` (body ``hexgate: <status>``), with the extra
         response ``headers`` given, e.g. ``(("Retry-After", "120"),)``."""
         return cls("status", status, headers=tuple(headers))
+
+    @classmethod
+    def page(cls, body: str, status: int = 200) -> Behavior:
+        """Answer every request with ``status`` (200 by default) and this HTML ``body``: a
+        captcha or block page that a status check alone would take for a success."""
+        return cls("status", status, body=body)
 
     @classmethod
     def close(cls, *, tunnel: bool = False) -> Behavior:
@@ -866,7 +874,12 @@ class Gateway:
             self._record(session, kind, req.method, url, f"status:{status}", username, *seen)
             body = f"hexgate: {status}".encode()
             extra = (*extra, *behavior.headers)
-            conn.sock.sendall(_response(status, body, extra=extra, head=head, close=close))
+            ctype = "text/plain; charset=utf-8"
+            if behavior.body is not None:
+                body, ctype = behavior.body.encode("utf-8"), "text/html; charset=utf-8"
+            conn.sock.sendall(
+                _response(status, body, content_type=ctype, extra=extra, head=head, close=close)
+            )
             return not close
         status, body, ctype = _origin_page(session, url)
         outcome = "ok" if status == 200 else f"status:{status}"
