@@ -8,6 +8,7 @@ gateway itself; nothing leaves 127.0.0.1.
 from __future__ import annotations
 
 import base64
+import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -692,13 +693,19 @@ async def test_requests_switched_off_get_no_session_no_retry_and_no_stats(
     # Switched-off requests name the gateway themselves, without credentials: it answers
     # them 407, which we would retry, count against the credentials and stop the crawl for
     # (HEX_PROXY_AUTH_FAILURES_TO_CLOSE = 3) if we touched them. The others go as usual.
+    # Others name a loopback port nobody listens on: refused, which we would retry.
     hexproxy_gateway.set_behavior("s001", Behavior.answer(503))
     off = {"hex_proxy": switch, "proxy": hexproxy_gateway.url}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = {"hex_proxy": switch, "proxy": f"http://127.0.0.1:{sock.getsockname()[1]}"}
     requests = []
     for i in range(30):
         requests.append((f"http://site.test/on/{i}", {"hex_proxy": True} if i % 2 else {}))
         if i < 10:
             requests.append((f"http://site.test/off/{i}", off))
+        if i < 5:
+            requests.append((f"http://site.test/refused/{i}", dead))
     settings = {
         **base_settings,
         "DOWNLOADER_MIDDLEWARES": wiring,
@@ -708,8 +715,15 @@ async def test_requests_switched_off_get_no_session_no_retry_and_no_stats(
         "CONCURRENT_REQUESTS": 4,
     }
     result = await _crawl_requests(settings, requests)
-    assert not result.errors
     assert result.crawler.stats.get_value("finish_reason") == "finished"
+    # The refused ones reach the errback at once: not retried, no session.
+    assert sorted(e.request.url for e in result.errors) == [
+        f"http://site.test/refused/{i}" for i in range(5)
+    ]
+    for error in result.errors:
+        assert error.request.meta.get("retry_times", 0) == 0
+        assert "hex_session" not in error.request.meta
+        assert b"Proxy-Authorization" not in error.request.headers
     left_alone = [s for s in result.seen if "/off/" in s.url]
     handled = [s for s in result.seen if "/on/" in s.url]
     assert len(left_alone) == 10 and len(handled) == 30
