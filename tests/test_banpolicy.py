@@ -813,3 +813,127 @@ def test_which_values_of_the_switch_leave_a_request_alone(hook_crawler, switch, 
     assert (b"Proxy-Authorization" in request.headers) is not left_alone
     response = Response(request.url, status=503, request=request)
     assert isinstance(retry.process_response(request, response), Request) is not left_alone
+
+
+# ------------------------------------------------------------------ with the other features
+
+
+@pytest_twisted.ensureDeferred
+async def test_domain_scope_a_captcha_from_one_host_benches_the_session_for_that_host_only(
+    crawl, base_settings, hexproxy_gateway
+):
+    hexproxy_gateway.set_host_behavior("a.test", Behavior.page(CAPTCHA), session="s001")
+    targets = [u for pair in zip(urls(30, host="a.test"), urls(30, host="b.test")) for u in pair]
+    settings = {
+        **base_settings,
+        "HEX_PROXY_BAN_POLICY": CaptchaPolicy,
+        "HEX_PROXY_BAN_SCOPE": "domain",
+        "HEX_PROXY_SESSION_POOL_SIZE": 3,
+        "HEX_PROXY_MAX_FAILURES": 2,
+        "CONCURRENT_REQUESTS": 1,
+    }
+    result = await crawl(settings, targets)
+    assert not result.errors
+    assert sorted(p.url for p in result.pages) == sorted(targets)
+    assert all(p.status == 200 for p in result.pages)
+    assert "s001" not in {p.gateway_session for p in result.pages if "//a.test/" in p.url}
+    stats = result.hex_stats()
+    assert hexproxy_gateway.count("s001", host="a.test") == 2
+    assert _failures(stats) == {"hex_proxy/failure/ban": 2}
+    assert stats["hex_proxy/blacklisted"] == 1
+    # Banned by a.test, s001 went on serving b.test.
+    records = [r for r in hexproxy_gateway.records if r.session == "s001"]
+    last_ban = max(i for i, r in enumerate(records) if r.host == "a.test")
+    assert any(r.host == "b.test" for r in records[last_ban + 1 :])
+
+
+@pytest_twisted.ensureDeferred
+async def test_rotate_on_blacklist_a_session_banned_by_captchas_goes_on_under_a_new_id(
+    crawl, base_settings, hexproxy_gateway
+):
+    hexproxy_gateway.set_behavior("s001", Behavior.page(CAPTCHA))
+    settings = {
+        **base_settings,
+        "HEX_PROXY_BAN_POLICY": CaptchaPolicy,
+        "HEX_PROXY_ON_BLACKLIST": "rotate",
+        "HEX_PROXY_SESSION_POOL_SIZE": 3,
+        "HEX_PROXY_MAX_FAILURES": 2,
+        "CONCURRENT_REQUESTS": 1,
+    }
+    result = await crawl(settings, urls(30))
+    _assert_every_page_is_the_good_page(result, 30, "s001")
+    stats = result.hex_stats()
+    assert hexproxy_gateway.count("s001") == 2
+    assert _failures(stats) == {"hex_proxy/failure/ban": 2}
+    assert stats["hex_proxy/rotated"] == 1
+    assert hexproxy_gateway.count("s004") > 0  # slot 1's new id (1 + pool size)
+    assert stats["hex_proxy/sessions/cooling"] == 0
+
+
+def test_switching_off_a_copy_takes_off_our_cookie_jar_and_user_agent_but_not_the_users(
+    hook_crawler,
+):
+    crawler = hook_crawler(
+        HEX_PROXY_BIND_COOKIEJAR=True, HEX_PROXY_USER_AGENTS=["agent-one", "agent-two"]
+    )
+    proxy, _ = _pair(crawler)
+    ours = _send(proxy)
+    assert ours.meta["cookiejar"] == ours.meta["hex_session"]
+    assert ours.headers[b"User-Agent"] in (b"agent-one", b"agent-two")
+    copy = ours.replace(dont_filter=True)
+    copy.meta.update(hex_proxy=False)
+    assert proxy.process_request(copy) is None
+    assert "cookiejar" not in copy.meta and b"User-Agent" not in copy.headers
+    # The user's own jar and User-Agent stay.
+    users = Request("http://site.test/b", meta={"cookiejar": "mine"}, headers={"User-Agent": "me"})
+    assert proxy.process_request(users) is None
+    copy = users.replace(dont_filter=True)
+    copy.meta.update(hex_proxy=False)
+    assert proxy.process_request(copy) is None
+    assert copy.meta["cookiejar"] == "mine" and copy.headers[b"User-Agent"] == b"me"
+    assert "hex_session" not in copy.meta and b"Proxy-Authorization" not in copy.headers
+
+
+def test_switching_off_a_copy_takes_off_a_listed_proxy_but_not_another(hook_crawler):
+    crawler = hook_crawler(
+        HEX_PROXY_GATEWAY=None,
+        HEX_PROXY_USER=None,
+        HEX_PROXY_PASS=None,
+        HEX_PROXY_LIST=["http://ann:pw-1@127.0.0.1:9001", "http://bob:pw-2@127.0.0.1:9002"],
+    )
+    proxy, _ = _pair(crawler)
+    request = _send(proxy)
+    assert request.meta["proxy"] in ("http://127.0.0.1:9001", "http://127.0.0.1:9002")
+    copy = request.replace(dont_filter=True)
+    copy.meta.update(hex_proxy=False)
+    assert proxy.process_request(copy) is None
+    assert "proxy" not in copy.meta and b"Proxy-Authorization" not in copy.headers
+    elsewhere = request.replace(dont_filter=True)
+    elsewhere.meta.update(hex_proxy=False, proxy="http://127.0.0.1:9999")
+    assert proxy.process_request(elsewhere) is None
+    assert elsewhere.meta["proxy"] == "http://127.0.0.1:9999"
+    assert "hex_session" not in elsewhere.meta
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ban_retry_waits_its_backoff_when_retries_are_paced(
+    crawl, base_settings, hexproxy_gateway
+):
+    hexproxy_gateway.set_behavior("s001", Behavior.page(CAPTCHA))
+    settings = {
+        **base_settings,
+        "HEX_PROXY_BAN_POLICY": CaptchaPolicy,
+        "HEX_PROXY_RETRY_BACKOFF_BASE": 0.05,
+        "HEX_PROXY_RETRY_BACKOFF_MAX": 0.2,
+        "HEX_PROXY_SESSION_POOL_SIZE": 3,
+        "HEX_PROXY_MAX_FAILURES": 2,
+        "CONCURRENT_REQUESTS": 1,
+    }
+    result = await crawl(settings, urls(12))
+    _assert_every_page_is_the_good_page(result, 12, "s001")
+    stats = result.hex_stats()
+    assert _failures(stats) == {"hex_proxy/failure/ban": 2}
+    assert stats["hex_proxy/retry"] == 2
+    # Both ban retries were held back by their backoff, as any other retry.
+    assert stats["hex_proxy/retry/delayed"] == 2
+    assert 0 < stats["hex_proxy/retry/wait_ms_total"] <= 2 * 200
