@@ -20,22 +20,8 @@ const COOLDOWN: Duration = Duration::from_secs(300);
 fn engine(pool_size: u32) -> Engine {
     let settings = Settings {
         pool_size: pool_size.into(),
-        max_failures: 5,
         cooldown: COOLDOWN.as_secs_f64(),
-        max_retries: 4,
-        retry_codes: vec![403, 407, 408, 429, 500, 502, 503, 504],
-        failure_codes: [403, 407, 429].into_iter().chain(500..600).collect(),
-        auth_failures_to_close: 3,
-        user: "USER".into(),
-        password: "PASS".into(),
-        username_template: scrapy_hexproxy::provider::DEFAULT_TEMPLATE.into(),
-        proxies: None,
-        backoff_base: 0.0,
-        backoff_max: 60.0,
-        on_blacklist: "cooldown".into(),
-        session_max_uses: 0,
-        session_max_age: 0.0,
-        ban_scope: "session".into(),
+        ..Settings::documented("USER", "PASS")
     };
     Engine::new(settings.validate().unwrap(), Clock::system(), Some(1))
 }

@@ -220,28 +220,35 @@ impl StatusSet {
     }
 }
 
+impl Settings {
+    /// The documented defaults (README's Settings table) with these credentials.
+    pub fn documented(user: &str, password: &str) -> Self {
+        Settings {
+            pool_size: 20,
+            max_failures: 5,
+            cooldown: 300.0,
+            max_retries: 4,
+            retry_codes: vec![403, 407, 408, 429, 500, 502, 503, 504],
+            failure_codes: [403, 407, 429].into_iter().chain(500..=599).collect(),
+            auth_failures_to_close: 3,
+            user: user.into(),
+            password: password.into(),
+            username_template: crate::provider::DEFAULT_TEMPLATE.into(),
+            proxies: None,
+            backoff_base: 0.0,
+            backoff_max: 60.0,
+            on_blacklist: "cooldown".into(),
+            session_max_uses: 0,
+            session_max_age: 0.0,
+            ban_scope: "session".into(),
+        }
+    }
+}
+
 /// The documented defaults with example credentials, for tests across the crate.
 #[cfg(test)]
 pub(crate) fn example_settings() -> Settings {
-    Settings {
-        pool_size: 20,
-        max_failures: 5,
-        cooldown: 300.0,
-        max_retries: 4,
-        retry_codes: vec![403, 407, 408, 429, 500, 502, 503, 504],
-        failure_codes: [403, 407, 429].into_iter().chain(500..=599).collect(),
-        auth_failures_to_close: 3,
-        user: "USER".into(),
-        password: "s3cret-PASS".into(),
-        username_template: crate::provider::DEFAULT_TEMPLATE.into(),
-        proxies: None,
-        backoff_base: 0.0,
-        backoff_max: 60.0,
-        on_blacklist: "cooldown".into(),
-        session_max_uses: 0,
-        session_max_age: 0.0,
-        ban_scope: "session".into(),
-    }
+    Settings::documented("USER", "s3cret-PASS")
 }
 
 #[cfg(test)]
