@@ -122,6 +122,14 @@ impl Core {
         Ok(self.engine.session_id(self.number(number)?)?)
     }
 
+    fn successor_id(&self, number: i64) -> PyResult<String> {
+        Ok(self
+            .engine
+            .successor(self.number(number)?)?
+            .as_str()
+            .to_owned())
+    }
+
     fn slot(&self, number: i64) -> PyResult<u32> {
         Ok(self.engine.slot(self.number(number)?)?)
     }

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use crate::auth::{self, AuthTracker};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::Error;
-use crate::identity::{Identities, OnBlacklist};
+use crate::identity::{Identities, Numbering, OnBlacklist};
 use crate::pool::Pool;
 use crate::provider::Provider;
 use crate::retry::{Cause, Decision, RetryPolicy};
@@ -47,6 +47,8 @@ pub struct Engine {
     /// Whether ids rotate (the state keeps `Identities`): only then do numbers go beyond the
     /// pool size.
     rotates: bool,
+    /// How numbers beyond the pool size map to (slot, generation).
+    numbering: Numbering,
     /// Domain scope: a slot cooling for some host took a new id, which no host holds anything
     /// against, so requests waiting for that host may go now (see `take_released`).
     released: AtomicBool,
@@ -83,24 +85,32 @@ impl Engine {
     /// `seed` makes the picks reproducible; without it the rng is seeded by the OS.
     pub fn new(config: Config, clock: Clock, seed: Option<u64>) -> Self {
         let pool = Pool::new(config.pool_size, config.max_failures, config.cooldown);
-        let rng = seed.map_or_else(SmallRng::from_os_rng, SmallRng::seed_from_u64);
+        let mut rng = seed.map_or_else(SmallRng::from_os_rng, SmallRng::seed_from_u64);
         let auth = match &config.provider {
             Provider::Gateway(_) => AuthTracker::gateway(config.auth_failures_to_close),
             Provider::List(list) => {
                 AuthTracker::per_proxy(config.auth_failures_to_close, list.len())
             }
         };
+        // Unseeded, each crawl numbers its rotated ids from its own epoch (see identity.rs).
+        let epoch = if seed.is_none() {
+            rng.random_range(1..1 << 31)
+        } else {
+            0
+        };
         let identities = Identities::new(
             config.pool_size,
             config.on_blacklist,
             config.max_uses,
             config.max_age,
-        );
+        )
+        .map(|identities| identities.with_epoch(epoch));
         let hosts = (config.ban_scope == BanScope::Domain)
             .then(|| HostBans::new(config.pool_size, config.max_failures, config.cooldown));
         Self {
             retry: RetryPolicy::new(config.retry_codes, config.max_retries),
             rotates: identities.is_some(),
+            numbering: Numbering::new(config.pool_size, epoch),
             released: AtomicBool::new(false),
             config,
             clock,
@@ -502,16 +512,28 @@ impl Engine {
     /// `(slot, generation)` of a session number; an error for a number no slot can have.
     fn locate(&self, number: u64) -> Result<(u32, u32), Error> {
         let size = u64::from(self.config.pool_size);
-        if number < size {
-            return Ok((number as u32, 0));
-        }
-        match u32::try_from(number / size) {
-            Ok(generation) if self.rotates => Ok(((number % size) as u32, generation)),
-            _ => Err(Error::IndexOutOfRange {
-                index: i64::try_from(number).unwrap_or(i64::MAX),
-                pool_size: self.config.pool_size,
-            }),
-        }
+        let found = if number < size {
+            Some((number as u32, 0))
+        } else if self.rotates {
+            self.numbering.locate(number)
+        } else {
+            None
+        };
+        found.ok_or(Error::IndexOutOfRange {
+            index: i64::try_from(number).unwrap_or(i64::MAX),
+            pool_size: self.config.pool_size,
+        })
+    }
+
+    /// The id a session's slot goes by after its rotation from `number` (for the log).
+    pub fn successor(&self, number: u64) -> Result<SessionId, Error> {
+        let (slot, generation) = self.locate(number)?;
+        let next = if self.rotates {
+            self.numbering.number(slot, generation.saturating_add(1))
+        } else {
+            number
+        };
+        Ok(SessionId::new(next))
     }
 }
 
@@ -902,6 +924,30 @@ mod tests {
     }
 
     #[test]
+    fn unseeded_crawls_number_their_rotated_ids_from_their_own_epoch() {
+        let rotated_id = || {
+            let mut settings = example_settings();
+            settings.pool_size = 4;
+            settings.max_failures = 1;
+            settings.on_blacklist = "rotate".into();
+            let engine = Engine::new(settings.validate().unwrap(), Clock::manual(), None);
+            assert_eq!(engine.record_status(2, 503).unwrap() & ROTATED, ROTATED);
+            let number = engine.pick(&[0, 1, 3]).unwrap();
+            assert_eq!(engine.slot(number), Ok(2));
+            assert!(number >= 2 * 4, "past the pool and the seeded numbering");
+            assert_eq!(
+                engine.session_id(number),
+                Ok(engine.successor(2).unwrap().as_str().to_owned())
+            );
+            // Numbers of generations this crawl never numbered are no session of it.
+            assert!(engine.session_id(6).is_err());
+            engine.session_id(number).unwrap()
+        };
+        // Two crawls draw the same epoch with probability 2^-31.
+        assert_ne!(rotated_id(), rotated_id());
+    }
+
+    #[test]
     fn the_system_clock_cannot_be_advanced() {
         let engine = Engine::new(
             example_settings().validate().unwrap(),
@@ -960,7 +1006,7 @@ mod tests {
             }
             let flags = engine.record_status(number, 503).unwrap();
             assert_eq!(flags, FAILED | BLACKLISTED | ROTATED);
-            let next = engine.session_id(number + 5).unwrap();
+            let next = engine.successor(number).unwrap().as_str().to_owned();
             assert!(ids.insert(next.clone()), "{next} was used before");
             assert_eq!(engine.counts(), (5, 0));
         }

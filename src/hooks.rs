@@ -472,26 +472,22 @@ impl Shared {
         };
         let status = status_of(py, response)?;
         let engine = self.core.get().engine();
-        let (flags, banned) = if self.ban_policy {
-            let runtime = runtime_of(owner)?;
-            let verdict = runtime
-                .getattr(intern!(py, "response_is_ban"))?
-                .call1((request, response))?;
-            match verdict_of(&runtime, "response_is_ban", &verdict)? {
-                None => (
-                    engine.record_status_for(number, host.as_deref(), status)?,
-                    false,
-                ),
-                Some(ban) => (
-                    engine.record_response_for(number, host.as_deref(), status, ban)?,
-                    ban,
-                ),
-            }
+        // The policy's own error (it raised, or answered junk) goes to the errback, but only
+        // once the attempt is counted, by the default rules: its token is gone already.
+        let judged = if self.ban_policy {
+            judge(owner, request, response)
         } else {
-            (
+            Ok(None)
+        };
+        let (flags, banned) = match judged.as_ref().ok().copied().flatten() {
+            None => (
                 engine.record_status_for(number, host.as_deref(), status)?,
                 false,
-            )
+            ),
+            Some(ban) => (
+                engine.record_response_for(number, host.as_deref(), status, ban)?,
+                ban,
+            ),
         };
         if flags != 0 {
             let runtime = runtime_of(owner)?;
@@ -501,11 +497,25 @@ impl Shared {
                 Some(host) => runtime.call_method1(settled, (request, number, flags, host))?,
             };
         }
+        judged?;
         if banned && !decides {
             meta.set_item(intern!(py, BAN), true)?;
         }
         Ok((meta, banned))
     }
+}
+
+/// The ban policy's verdict on a response (see `verdict_of`).
+fn judge(
+    owner: &Bound<'_, PyAny>,
+    request: &Bound<'_, PyAny>,
+    response: &Bound<'_, PyAny>,
+) -> PyResult<Option<bool>> {
+    let runtime = runtime_of(owner)?;
+    let verdict = runtime
+        .getattr(intern!(owner.py(), "response_is_ban"))?
+        .call1((request, response))?;
+    verdict_of(&runtime, "response_is_ban", &verdict)
 }
 
 /// A ban policy's answer: `None` (the default rules) or a bool; anything else is the policy's

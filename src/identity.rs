@@ -1,9 +1,11 @@
 //! Fresh identities: which id each slot of the pool goes by now, and when it gets a new one.
 //!
 //! A gateway keys its sticky IP on the session id, so a new id is a new identity. A slot's id
-//! is its *session number*, `index + generation * pool_size`: generation 0 is the plain index
-//! ("s007"), and each rotation moves the slot to its next generation, a number no slot ever had
-//! (numbers of different slots differ modulo the pool size; of one slot, by generation).
+//! is its *session number*: generation 0 is the plain index ("s007"); generation g >= 1 is
+//! `index + (epoch + g) * pool_size`, a number no slot ever had (numbers of different slots
+//! differ modulo the pool size; of one slot, by generation). The epoch is drawn per crawl, so a
+//! restarted crawl does not hand out the rotated ids of the last one again while the gateway
+//! may still hold their (banned) IPs; it is 0 when the picks are seeded, for reproducible ids.
 //!
 //! Only what the settings switch on is kept, per slot: the generation (4 bytes) with any kind
 //! of rotation, the uses of the current id (4 bytes) with `HEX_PROXY_SESSION_MAX_USES`, its
@@ -42,6 +44,8 @@ pub struct Identities {
     /// before); empty unless `max_age` is set.
     births: Vec<u32>,
     max_age_ns: u64,
+    /// Generations >= 1 are numbered from here on (see the module doc).
+    epoch: u64,
 }
 
 impl Identities {
@@ -63,12 +67,24 @@ impl Identities {
             max_uses,
             births: per_slot(!max_age.is_zero()),
             max_age_ns: saturating_ns(max_age),
+            epoch: 0,
         })
+    }
+
+    /// Numbers generations >= 1 from `epoch` (below 2^31) on.
+    pub fn with_epoch(mut self, epoch: u64) -> Self {
+        self.epoch = epoch;
+        self
     }
 
     /// The session number `slot` goes by now.
     pub fn number(&self, slot: u32) -> u64 {
-        u64::from(slot) + u64::from(self.generations[slot as usize]) * u64::from(self.pool_size)
+        self.number_of(slot, self.generations[slot as usize])
+    }
+
+    /// The session number of `slot` in `generation`.
+    fn number_of(&self, slot: u32, generation: u32) -> u64 {
+        Numbering::new(self.pool_size, self.epoch).number(slot, generation)
     }
 
     pub fn generation(&self, slot: u32) -> u32 {
@@ -118,6 +134,41 @@ impl Identities {
     }
 }
 
+/// How session numbers map to (slot, generation): see the module doc. Plain arithmetic, so the
+/// engine reads numbers without taking its lock.
+#[derive(Debug, Clone, Copy)]
+pub struct Numbering {
+    pool_size: u64,
+    epoch: u64,
+}
+
+impl Numbering {
+    pub fn new(pool_size: u32, epoch: u64) -> Self {
+        Self {
+            pool_size: pool_size.into(),
+            epoch,
+        }
+    }
+
+    pub fn number(&self, slot: u32, generation: u32) -> u64 {
+        let rank = match generation {
+            0 => 0,
+            g => self.epoch + u64::from(g),
+        };
+        u64::from(slot) + rank * self.pool_size
+    }
+
+    /// `(slot, generation)` of a number this crawl can hand out; `None` for any other.
+    pub fn locate(&self, number: u64) -> Option<(u32, u32)> {
+        let slot = (number % self.pool_size) as u32;
+        match number / self.pool_size {
+            0 => Some((slot, 0)),
+            rank if rank > self.epoch => Some((slot, u32::try_from(rank - self.epoch).ok()?)),
+            _ => None,
+        }
+    }
+}
+
 /// Which of `count` User-Agents the session with this number presents: a fixed hash of the
 /// number, so one id always presents the same one (in every crawl), and a slot may present
 /// another after rotation. `count` must not be 0.
@@ -135,6 +186,24 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+
+    #[test]
+    fn numbers_map_back_to_slot_and_generation_under_any_epoch() {
+        for epoch in [0, 1, 12_345, (1 << 31) - 1] {
+            let numbering = Numbering::new(7, epoch);
+            for slot in [0, 3, 6] {
+                assert_eq!(numbering.number(slot, 0), u64::from(slot));
+                for generation in [0, 1, 2, 1000, u32::MAX] {
+                    let number = numbering.number(slot, generation);
+                    assert_eq!(numbering.locate(number), Some((slot, generation)));
+                }
+            }
+            // Between the pool and the epoch's first generation: numbers of no session.
+            if epoch > 0 {
+                assert_eq!(numbering.locate(7 * epoch + 3), None);
+            }
+        }
+    }
 
     const SEC: u64 = 1_000_000_000;
 

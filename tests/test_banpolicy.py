@@ -8,6 +8,7 @@ gateway itself; nothing leaves 127.0.0.1.
 from __future__ import annotations
 
 import base64
+import logging
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import pytest_twisted
 import scrapy
 from scrapy import Request
 from scrapy.crawler import CrawlerRunner
+from scrapy.exceptions import NotConfigured
 from scrapy.http import HtmlResponse, Response
 from twisted.internet.error import ConnectionDone
 
@@ -380,7 +382,7 @@ async def test_an_exception_the_policy_calls_a_ban_is_a_session_failure_even_if_
 @pytest.mark.parametrize(
     ("policy", "method", "behavior"),
     [
-        (JunkResponseVerdict, "response_is_ban", Behavior.normal()),
+        (JunkResponseVerdict, "response_is_ban", Behavior.answer(503)),
         (JunkExceptionVerdict, "exception_is_ban", Behavior.close()),
     ],
     ids=["response", "exception"],
@@ -408,6 +410,21 @@ async def test_a_policy_returning_junk_raises_a_type_error_into_the_errback(
         assert "HEX_PROXY_BAN_POLICY" in message and f"{policy.__name__}.{method}()" in message
         assert "True, False or None" in message
     assert "hex_proxy/retry" not in result.hex_stats()
+    # Each attempt is still counted once, by the default rules, before the error goes on.
+    assert sum(_failures(result.hex_stats()).values()) == 5
+
+
+class NotConfiguredPolicy(BanPolicy):
+    """Scrapy's usual way to say "leave me out": it must not leave the proxy out."""
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> NotConfiguredPolicy:
+        raise NotConfigured("no captcha rules for this spider")
+
+
+class NeedsAnArgument(BanPolicy):
+    def __init__(self, rules: Any) -> None:
+        self.rules = rules
 
 
 @pytest.mark.parametrize(
@@ -421,6 +438,8 @@ async def test_a_policy_returning_junk_raises_a_type_error_into_the_errback(
         ("tests.test_banpolicy.OnlyResponses", "has no exception_is_ban()"),
         ("collections.OrderedDict", "has no response_is_ban() and exception_is_ban()"),
         (BuildsSomethingElse, "BuildsSomethingElse instance has no response_is_ban()"),
+        (NotConfiguredPolicy, "NotConfiguredPolicy failed (NotConfigured: no captcha rules"),
+        (NeedsAnArgument, "NeedsAnArgument failed (TypeError"),
     ],
     ids=[
         "no-module",
@@ -431,6 +450,8 @@ async def test_a_policy_returning_junk_raises_a_type_error_into_the_errback(
         "one-method",
         "no-methods",
         "from-crawler-junk",
+        "from-crawler-not-configured",
+        "init-needs-an-argument",
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -937,3 +958,21 @@ async def test_a_ban_retry_waits_its_backoff_when_retries_are_paced(
     # Both ban retries were held back by their backoff, as any other retry.
     assert stats["hex_proxy/retry/delayed"] == 2
     assert 0 < stats["hex_proxy/retry/wait_ms_total"] <= 2 * 200
+
+
+@pytest.mark.parametrize(
+    ("wiring", "warned"),
+    [(GUIDE_WIRING, False), (WIRINGS["proxy-740-retry-550"], True), (PROXY_ALONE, False)],
+    ids=["guide-350-550", "proxy-740-retry-550", "proxy-alone-350"],
+)
+def test_a_policy_that_would_judge_compressed_bodies_is_warned_about_at_start(
+    hook_crawler, caplog, wiring, warned
+):
+    caplog.set_level(logging.WARNING, logger="scrapy_hexproxy")
+    _pair(hook_crawler(HEX_PROXY_BAN_POLICY=CaptchaPolicy, DOWNLOADER_MIDDLEWARES=wiring))
+    found = [
+        r.getMessage() for r in caplog.records if "HttpCompressionMiddleware" in r.getMessage()
+    ]
+    assert len(found) == int(warned)
+    if warned:
+        assert "HexProxyMiddleware sees responses before" in found[0]

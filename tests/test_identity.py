@@ -195,6 +195,31 @@ def test_in_flight_failures_of_a_retired_id_do_not_count_against_its_successor(h
     assert _send(proxy).meta["hex_session"] == "s002"
 
 
+def test_rotated_ids_are_new_to_each_unseeded_crawl_and_the_warning_names_the_one_used(
+    hook_crawler, caplog
+):
+    caplog.set_level(logging.WARNING, logger="scrapy_hexproxy")
+
+    def first_new_id() -> str:
+        crawler = hook_crawler(
+            HEX_PROXY_SEED=None,  # unseeded, as in production: each crawl draws its epoch
+            HEX_PROXY_SESSION_POOL_SIZE=1,
+            HEX_PROXY_MAX_FAILURES=1,
+            HEX_PROXY_ON_BLACKLIST="rotate",
+        )
+        proxy, _ = _pair(crawler)
+        _answer(proxy, _send(proxy), 503)
+        new_id = _send(proxy).meta["hex_session"]
+        [warning] = [r.getMessage() for r in caplog.records if "new session" in r.getMessage()]
+        caplog.clear()
+        assert warning.endswith(f"as new session {new_id}")
+        return new_id
+
+    first, second = first_new_id(), first_new_id()
+    # Not s001 (what a seeded crawl, or the last crawl, would hand out), and not each other's.
+    assert "s001" not in (first, second) and first != second
+
+
 # -- fresh identities: HEX_PROXY_SESSION_MAX_USES and _MAX_AGE ---------------------------------
 
 

@@ -620,7 +620,8 @@ async def test_with_the_real_clock_each_retry_arrives_no_earlier_than_its_wait(
         waits = [drawn[url][n] for n in sorted(drawn[url])]
         assert len(arrivals) == 4 and sorted(drawn[url]) == [1, 2, 3], (url, arrivals, waits)
         for n, (wait, gap) in enumerate(zip(waits, gaps), start=1):
-            assert 0 < wait <= min(0.4, 0.05 * 2**n)
+            # Read just after the draw: a tiny draw may already be due (<= 0) by then.
+            assert wait <= min(0.4, 0.05 * 2**n)
             # The previous attempt reached the gateway before its retry was even drawn.
             assert gap >= wait, (url, n, wait, gap)
             rows.append((n, wait, gap))

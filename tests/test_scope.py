@@ -210,7 +210,8 @@ async def test_domain_scope_with_the_real_clock_waiting_requests_wake_when_their
         "HEX_PROXY_BAN_SCOPE": "domain",
         "HEX_PROXY_SESSION_POOL_SIZE": 2,
         "HEX_PROXY_MAX_FAILURES": 1,
-        "HEX_PROXY_BLACKLIST_COOLDOWN": 0.3,
+        # Long enough that the 10 ms poll below sees the requests waiting even under load.
+        "HEX_PROXY_BLACKLIST_COOLDOWN": 1.0,
         "CONCURRENT_REQUESTS": 4,
     }
     seen = []

@@ -99,7 +99,14 @@ def build_ban_policy(
     """An instance of the policy class for this crawler, with the crawl's rules if it is a
     ``BanPolicy``."""
     from_crawler = getattr(cls, "from_crawler", None)
-    policy = from_crawler(crawler) if from_crawler is not None else cls()
+    try:
+        policy = from_crawler(crawler) if from_crawler is not None else cls()
+    except Exception as exc:
+        # NotConfigured included: Scrapy would take it as "disable HexProxyMiddleware" and
+        # crawl from this machine's own address; a policy that cannot be built stops the crawl.
+        raise HexProxyConfigError(
+            f"{SETTING}: building {_name(cls)} failed ({type(exc).__name__}: {exc})"
+        ) from exc
     _check_methods(policy, f"{_name(cls)} instance")
     if isinstance(policy, BanPolicy):
         policy.failure_codes = failure_codes

@@ -137,6 +137,11 @@ class Core:
     def session_id(self, number: int) -> str:
         """The session's id: ``"s000"``, ``"s007"``, ``"s1234"`` (``f"s{number:03d}"``)."""
 
+    def successor_id(self, number: int) -> str:
+        """The id the session's slot takes when it rotates away from ``number``. Rotated ids are
+        numbered from a per-crawl epoch (0 with ``seed``), so a restarted crawl does not reuse
+        the last one's."""
+
     def slot(self, number: int) -> int:
         """The slot of the session: ``number % pool_size``."""
 

@@ -273,11 +273,33 @@ class Runtime:
                 return True
             return transport
         number, host = attempt[0], _sent_to(attempt)
-        verdict = None
+        verdict, error = None, None
         if policy is not None:
-            verdict = policy.exception_is_ban(request, exception)
-            if verdict is not None and not isinstance(verdict, bool):
-                raise self.bad_verdict("exception_is_ban", verdict)
+            try:
+                verdict = policy.exception_is_ban(request, exception)
+                if verdict is not None and not isinstance(verdict, bool):
+                    raise self.bad_verdict("exception_is_ban", verdict)
+            except Exception as exc:
+                # The policy's own error goes to the errback, but only once the attempt is
+                # counted, by the default rules: its token is gone already.
+                verdict, error = None, exc
+        retry = self._settle_judged(request, exception, number, host, transport, verdict, decides)
+        if error is not None:
+            raise error
+        return retry
+
+    def _settle_judged(
+        self,
+        request: Request,
+        exception: BaseException,
+        number: int,
+        host: str | None,
+        transport: bool,
+        verdict: bool | None,
+        decides: bool,
+    ) -> bool:
+        """Count the attempt as the verdict says; True when the request is to be retried."""
+        meta = request.meta
         status = self.tunnel_status(exception) if transport else None
         if verdict is False:
             # Not held against the session. A refused tunnel is the gateway's answer: a
@@ -330,7 +352,7 @@ class Runtime:
                 " its place goes on at once as new session %s",
                 self.session_name(number),
                 self.settings.core_kwargs["max_failures"],
-                self.core.session_id(number + self.core.pool_size),
+                self.core.successor_id(number),
             )
         elif flags & _core.BLACKLISTED and host is not None:
             logger.warning(

@@ -243,7 +243,7 @@ def _bool(settings: Any, name: str) -> bool:
     value = settings.get(name, False)
     try:
         return bool(settings.getbool(name, False))
-    except ValueError:
+    except (ValueError, TypeError):  # getbool raises TypeError for lists, dicts...
         raise HexProxyConfigError(f"{name} must be True or False, got {value!r}") from None
 
 

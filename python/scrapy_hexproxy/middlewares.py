@@ -57,6 +57,8 @@ class HexProxyMiddleware(_core.ProxyHooks):
             )
         if runtime.settings.bind_cookiejar:
             _check_cookiejar_binding(crawler)
+        if runtime.ban_policy is not None:
+            _check_ban_policy_order(crawler)
         return cls(runtime)
 
     def process_exception(
@@ -202,17 +204,35 @@ def _check_cookiejar_binding(crawler: Crawler) -> None:
         )
 
 
+def _check_ban_policy_order(crawler: Crawler) -> None:
+    """The ban policy judges a response in whichever of the two middlewares sees it first: the
+    one with the higher number. Above Scrapy's HttpCompressionMiddleware (590) that one gets the
+    body still compressed, so a policy looking for a captcha in it would never find one."""
+    from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddleware
+
+    if not crawler.settings.getbool("COMPRESSION_ENABLED", True):
+        return
+    order = _downloader_middlewares(crawler)
+    ours = [
+        i
+        for i, cls in enumerate(order)
+        if issubclass(cls, (HexProxyMiddleware, SmartRetryMiddleware))
+    ]
+    compression = [i for i, cls in enumerate(order) if issubclass(cls, HttpCompressionMiddleware)]
+    if ours and compression and max(ours) > compression[0]:
+        logger.warning(
+            "hex_proxy: HEX_PROXY_BAN_POLICY is set and %s sees responses before Scrapy's"
+            " HttpCompressionMiddleware has decompressed them, so response_is_ban() may get"
+            " a compressed body. Give HexProxyMiddleware and SmartRetryMiddleware numbers"
+            " below HttpCompressionMiddleware's (590) in DOWNLOADER_MIDDLEWARES, as in the"
+            " documented wiring (350 and 550).",
+            order[max(ours)].__name__,
+        )
+
+
 def _scrapy_retry_enabled(crawler: Crawler) -> bool:
     from scrapy.downloadermiddlewares.retry import RetryMiddleware
-    from scrapy.utils.conf import build_component_list
-    from scrapy.utils.misc import load_object
 
-    settings = crawler.settings
-    if not settings.getbool("RETRY_ENABLED", True):
+    if not crawler.settings.getbool("RETRY_ENABLED", True):
         return False
-    getter = getattr(settings, "get_component_priority_dict_with_base", settings.getwithbase)
-    for component in build_component_list(getter("DOWNLOADER_MIDDLEWARES")):
-        cls = load_object(component) if isinstance(component, str) else component
-        if isinstance(cls, type) and issubclass(cls, RetryMiddleware):
-            return True
-    return False
+    return any(issubclass(cls, RetryMiddleware) for cls in _downloader_middlewares(crawler))
