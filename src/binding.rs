@@ -178,10 +178,6 @@ impl Core {
             .record_refusal_for(self.number(number)?, host, status)?)
     }
 
-    fn forget(&self, number: i64) -> PyResult<()> {
-        Ok(self.engine.forget(self.number(number)?)?)
-    }
-
     fn take_released(&self) -> bool {
         self.engine.take_released()
     }

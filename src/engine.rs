@@ -438,19 +438,6 @@ impl Engine {
         }
     }
 
-    /// Drops what every host holds against the session's slot (domain scope; nothing in
-    /// session scope). O(hosts tracked) when the slot holds records, O(1) otherwise. A slot
-    /// that takes a new id is forgotten this way by the engine itself.
-    pub fn forget(&self, number: u64) -> Result<(), Error> {
-        let (slot, _) = self.locate(number)?;
-        if let Some(hosts) = &mut self.state.lock().hosts {
-            if hosts.forget(slot) {
-                self.released.store(true, Ordering::Release);
-            }
-        }
-        Ok(())
-    }
-
     /// Whether a cooldown ended early since the last call (domain scope: a slot that cooled
     /// for some host took a new id): the caller wakes the requests waiting for a session.
     pub fn take_released(&self) -> bool {
@@ -1205,28 +1192,6 @@ mod tests {
         assert_eq!(engine.next_live_in_for(Some("b.test")), Duration::ZERO);
         engine.advance(Duration::from_secs(4)).unwrap();
         assert_eq!(engine.pick_for(a, &[1]), Some(0));
-    }
-
-    #[test]
-    fn forget_clears_a_slot_on_every_host_in_domain_scope_only() {
-        let engine = domain_engine(3);
-        for host in ["a.test", "b.test"] {
-            engine.record_status_for(2, Some(host), 503).unwrap();
-            engine.record_status_for(2, Some(host), 503).unwrap();
-        }
-        assert_eq!(engine.counts(), (2, 2));
-        engine.forget(2).unwrap();
-        assert_eq!(engine.counts(), (3, 0));
-        assert_eq!(stat(&engine, "hex_proxy/hosts/tracked"), 0);
-        assert!(engine.forget(3).is_err());
-        let session = engine_with(|s| s.max_failures = 1);
-        session.record_status(2, 503).unwrap();
-        session.forget(2).unwrap();
-        assert_eq!(
-            session.counts(),
-            (19, 1),
-            "session scope: the pool keeps its cooldown"
-        );
     }
 
     #[test]

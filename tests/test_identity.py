@@ -220,6 +220,20 @@ def test_rotated_ids_are_new_to_each_unseeded_crawl_and_the_warning_names_the_on
     assert "s001" not in (first, second) and first != second
 
 
+@pytest.mark.parametrize("rotation", [{}, {"HEX_PROXY_ON_BLACKLIST": "rotate"}])
+def test_an_attempt_token_of_an_earlier_crawl_is_dropped_and_the_request_goes_out(
+    hook_crawler, rotation
+):
+    # A request resumed from JOBDIR may carry the token of an attempt of the last crawl, whose
+    # number is no session of this one (another pool size, or another epoch of rotated ids).
+    proxy, _ = _pair(hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=3, **rotation))
+    core = runtime_of(proxy._runtime.crawler).core
+    stale = Request("http://site.test/a", meta={"_hex_attempt": (10**12 + 1, 0)})
+    assert proxy.process_request(stale) is None
+    assert stale.meta["hex_session"] in {"s000", "s001", "s002"}
+    assert "hex_proxy/failure/unobserved" not in core.stats()
+
+
 # -- fresh identities: HEX_PROXY_SESSION_MAX_USES and _MAX_AGE ---------------------------------
 
 

@@ -209,10 +209,6 @@ class Core:
         """Seconds until a session is live again (for ``host`` in domain scope); 0.0 when one is
         live now."""
 
-    def forget(self, number: int) -> None:
-        """Drop what every host holds against the session's slot (domain scope; nothing in
-        session scope). ``pick`` does it itself when it gives a slot a new id."""
-
     def take_released(self) -> bool:
         """Whether a cooldown ended early since the last call (domain scope: a slot cooling for
         some host took a new id, in ``pick`` or ``forget``): then wake the waiting requests."""

@@ -250,11 +250,16 @@ class Runtime:
         number, retry_times = attempt[0], attempt[1]
         # The host it was sent to, not the copy's (a redirect may go elsewhere).
         host = _sent_to(attempt)
-        if request.meta.get("retry_times", 0) > retry_times:
-            flags = self.core.record_exception(number, "unobserved", host)
-            self._settled(request, number, flags, host)
-        else:
-            self.core.record_success(number, host)
+        try:
+            if request.meta.get("retry_times", 0) > retry_times:
+                flags = self.core.record_exception(number, "unobserved", host)
+                self._settled(request, number, flags, host)
+            else:
+                self.core.record_success(number, host)
+        except IndexError:
+            # No session of this crawl: the attempt of an earlier one (a request resumed from
+            # JOBDIR, with another pool size or rotated ids of another epoch). Nothing to count.
+            pass
 
     def settle_exception(
         self, request: Request, exception: BaseException, *, decides: bool = False
