@@ -1,8 +1,10 @@
 """`make demo`: a real Scrapy crawl through the bundled loopback gateway.
 
-Some sessions are banned (403 / 429), one drops every connection, one fails for its first
-seconds; the middlewares blacklist the bad sessions and retry on others. Nothing leaves
-127.0.0.1: the gateway answers as the origin for the made-up shop.test site.
+Some sessions are banned (403 / 429, or a captcha page served with a 200, which a ban policy
+spots), one drops every connection, one fails for its first seconds; the middlewares blacklist
+the bad sessions and retry on others, after a short random backoff. A pool-health line is
+logged four times a second. Nothing leaves 127.0.0.1: the gateway answers as the origin for the
+made-up shop.test site.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import Counter
 import scrapy
 from scrapy.crawler import CrawlerProcess
 
+from scrapy_hexproxy import BanPolicy
 from scrapy_hexproxy.testing import Behavior, Gateway
 
 PAGES = 200
@@ -21,8 +24,18 @@ BAD = {
     "s002": ("always answers 403 (banned)", Behavior.answer(403)),
     "s005": ("drops every connection", Behavior.close()),
     "s007": ("always answers 429 (rate limited)", Behavior.answer(429)),
+    "s009": ("serves a captcha page with a 200", Behavior.page("<html>captcha</html>")),
     "s011": ("answers 503 for its first 2 s", Behavior.fail_for(2.0, status=503)),
 }
+
+
+class CaptchaPolicy(BanPolicy):
+    """A captcha is a ban whatever its status; everything else, the default rules."""
+
+    def response_is_ban(self, request, response):
+        if b"captcha" in response.body:
+            return True
+        return super().response_is_ban(request, response)
 
 
 class ShopSpider(scrapy.Spider):
@@ -46,6 +59,7 @@ class ShopSpider(scrapy.Spider):
         return self._requests()
 
     def parse(self, response):
+        assert b"captcha" not in response.body, "a captcha reached the spider"
         self.fetched[response.status] += 1
         sent_as = response.headers.get(b"X-Hex-Session", b"").decode()
         assert sent_as == response.meta["hex_session"], "gateway saw another session"
@@ -68,9 +82,13 @@ def main() -> int:
         "HEX_PROXY_SESSION_POOL_SIZE": 12,
         "HEX_PROXY_MAX_FAILURES": 3,
         "HEX_PROXY_BLACKLIST_COOLDOWN": 60,
+        "HEX_PROXY_BAN_POLICY": CaptchaPolicy,
+        "HEX_PROXY_RETRY_BACKOFF_BASE": 0.05,  # the n-th retry waits up to 0.05 * 2^n s
+        "HEX_PROXY_RETRY_BACKOFF_MAX": 0.5,
+        "HEX_PROXY_LOGSTATS_INTERVAL": 0.25,  # the pool-health line (default: every 60 s)
         "CONCURRENT_REQUESTS": 8,
         "DOWNLOAD_TIMEOUT": 5,
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "WARNING",  # scrapy-hexproxy's INFO lines get their own handler below
         "TELNETCONSOLE_ENABLED": False,
     }
     print(f"Gateway on {gateway.url}; crawling {PAGES} pages with a pool of 12 sessions.")
@@ -80,6 +98,12 @@ def main() -> int:
 
     fetched: Counter = Counter()
     process = CrawlerProcess(settings)
+    ours = logging.getLogger("scrapy_hexproxy")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s: %(message)s"))
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
     crawler = process.create_crawler(ShopSpider)
     process.crawl(crawler, fetched=fetched)
     # The gateway's certificate is self-signed for loopback: Scrapy (which does not verify by
