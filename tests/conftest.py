@@ -156,19 +156,16 @@ def hook_crawler(request: pytest.FixtureRequest):
     return make
 
 
-def when_requests_wait(crawler: Any, action: Any, *, every_request: bool = False) -> None:
-    """Call ``action(crawler, runtime)`` once, the first time requests wait for a session
-    (with ``every_request``: once every request in the downloader waits). Polls the reactor
-    every 10 ms during the crawl: the test drives what happens, not how long it takes."""
+def when(crawler: Any, condition: Any, action: Any) -> None:
+    """Call ``action(crawler, runtime)`` once, the first time ``condition(crawler, runtime)``
+    holds. Polls the reactor every 10 ms during the crawl: the test drives what happens, not
+    how long it takes."""
     from scrapy import signals
     from twisted.internet import task
 
     def check() -> None:
         runtime = Runtime.of(crawler)
-        parked = runtime.waiting
-        if every_request and parked != len(crawler.engine.downloader.active):
-            return
-        if parked:
+        if condition(crawler, runtime):
             loop.stop()
             action(crawler, runtime)
 
@@ -184,6 +181,19 @@ def when_requests_wait(crawler: Any, action: Any, *, every_request: bool = False
     # weak=False: these closures have no other owner.
     crawler.signals.connect(opened, signal=signals.spider_opened, weak=False)
     crawler.signals.connect(closed, signal=signals.spider_closed, weak=False)
+
+
+def when_requests_wait(crawler: Any, action: Any, *, every_request: bool = False) -> None:
+    """Call ``action(crawler, runtime)`` once, the first time requests wait for a session
+    (with ``every_request``: once every request in the downloader waits)."""
+
+    def waiting(crawler: Any, runtime: Runtime) -> bool:
+        parked = runtime.waiting
+        if every_request and parked != len(crawler.engine.downloader.active):
+            return False
+        return parked > 0
+
+    when(crawler, waiting, action)
 
 
 def runtime_of(crawler: Any) -> Runtime:

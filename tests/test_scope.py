@@ -15,7 +15,7 @@ from scrapy.http import Response
 from scrapy_hexproxy import HexProxyConfigError, HexProxyMiddleware, SmartRetryMiddleware
 from scrapy_hexproxy.testing import Behavior, advance_clock
 
-from .conftest import runtime_of, urls
+from .conftest import runtime_of, urls, when
 
 
 def _interleaved(scheme: str, *hosts_and_counts: tuple[str, int]) -> list[str]:
@@ -110,31 +110,6 @@ async def test_session_scope_a_ban_by_a_test_benches_s001_for_b_test_too(
     assert "hex_proxy/hosts/tracked" not in stats
 
 
-def _when(crawler: Any, condition: Any, action: Any) -> None:
-    """Call ``action(crawler, runtime)`` once ``condition(crawler, runtime)`` holds; polls the
-    reactor every 10 ms during the crawl."""
-    from scrapy import signals
-    from twisted.internet import task
-
-    def check() -> None:
-        runtime = runtime_of(crawler)
-        if condition(crawler, runtime):
-            loop.stop()
-            action(crawler, runtime)
-
-    loop = task.LoopingCall(check)
-
-    def opened(spider: Any) -> None:
-        loop.start(0.01)
-
-    def closed(spider: Any, reason: str) -> None:
-        if loop.running:
-            loop.stop()
-
-    crawler.signals.connect(opened, signal=signals.spider_opened, weak=False)
-    crawler.signals.connect(closed, signal=signals.spider_closed, weak=False)
-
-
 def _pages_of(crawler: Any, host: str) -> int:
     return sum(1 for p in crawler.spider.result.pages if f"//{host}/" in p.url)
 
@@ -176,7 +151,7 @@ async def test_domain_scope_requests_to_an_exhausted_host_wait_while_other_hosts
         advance_clock(crawler, 100)
 
     result = await crawl(
-        settings, targets, before=lambda c: _when(c, all_b_done_and_a_waiting, release)
+        settings, targets, before=lambda c: when(c, all_b_done_and_a_waiting, release)
     )
     _assert_every_page_fetched(result, targets)
     # While every session cooled for a.test, its 3 requests waited, none was fetched or
@@ -222,7 +197,7 @@ async def test_domain_scope_with_the_real_clock_waiting_requests_wake_when_their
         hexproxy_gateway.clear_host_behavior("a.test")
 
     result = await crawl(
-        settings, targets, before=lambda c: _when(c, lambda c, r: r.waiting > 0, lift_ban)
+        settings, targets, before=lambda c: when(c, lambda c, r: r.waiting > 0, lift_ban)
     )
     _assert_every_page_fetched(result, targets)
     assert seen and seen[0] > 0
@@ -285,7 +260,7 @@ async def test_domain_scope_an_id_rotated_for_its_uses_is_clean_on_the_host_that
     result = await crawl(
         settings,
         ["http://a.test/first"],
-        before=lambda c: _when(c, lambda c, r: r.waiting == 1, send_b_test),
+        before=lambda c: when(c, lambda c, r: r.waiting == 1, send_b_test),
     )
     assert not result.errors
     pages = {p.url: (p.status, p.meta_session, p.retry_times) for p in result.pages}
