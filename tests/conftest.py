@@ -83,14 +83,19 @@ class PagesSpider(scrapy.Spider):
     name = "pages"
     custom_settings = {"HTTPERROR_ALLOW_ALL": True}
 
-    def __init__(self, urls: list[str], result: CrawlResult, **kwargs: Any) -> None:
+    def __init__(
+        self, urls: list[str | tuple[str, int]], result: CrawlResult, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.urls = urls
+        self.urls = urls  # a URL, or (URL, priority)
         self.result = result
 
     def _requests(self) -> Any:
-        for url in self.urls:
-            yield scrapy.Request(url, callback=self.parse, errback=self.failed, dont_filter=True)
+        for target in self.urls:
+            url, priority = (target, 0) if isinstance(target, str) else target
+            yield scrapy.Request(
+                url, priority=priority, callback=self.parse, errback=self.failed, dont_filter=True
+            )
 
     async def start(self) -> Any:  # Scrapy >= 2.13
         for request in self._requests():
@@ -100,6 +105,9 @@ class PagesSpider(scrapy.Spider):
         return self._requests()
 
     def parse(self, response: scrapy.http.Response, **kwargs: Any) -> Any:
+        self.record(response)
+
+    def record(self, response: scrapy.http.Response) -> None:
         self.result.pages.append(
             Page(
                 url=response.url,
@@ -118,10 +126,12 @@ class PagesSpider(scrapy.Spider):
 def crawl():
     """``await crawl(settings, urls)`` runs a real crawl and returns a CrawlResult."""
 
-    async def run(settings: dict[str, Any], urls: list[str], *, before=None) -> CrawlResult:
+    async def run(
+        settings: dict[str, Any], urls: list[Any], *, before=None, spider=PagesSpider
+    ) -> CrawlResult:
         runner = CrawlerRunner(settings)
         result = CrawlResult(crawler=None)
-        crawler = runner.create_crawler(PagesSpider)
+        crawler = runner.create_crawler(spider)
         result.crawler = crawler
         if before is not None:
             before(crawler)

@@ -7,15 +7,12 @@ Time is the core's manual clock, moved by the test; one crawl runs on the real c
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 
 import pytest
 import pytest_twisted
-import scrapy
 from scrapy import Request, signals
-from scrapy.crawler import CrawlerRunner
 from scrapy.http import Response
 from scrapy.utils.defer import maybe_deferred_to_future
 
@@ -23,7 +20,7 @@ from scrapy_hexproxy import HexProxyConfigError, HexProxyMiddleware, SmartRetryM
 from scrapy_hexproxy._pacing import NOT_BEFORE
 from scrapy_hexproxy.testing import Behavior, Gateway, advance_clock
 
-from .conftest import runtime_of, urls
+from .conftest import PagesSpider, runtime_of, urls
 
 PACED = {"HEX_PROXY_RETRY_BACKOFF_BASE": 1.0, "HEX_PROXY_RETRY_BACKOFF_MAX": 60}
 
@@ -272,66 +269,6 @@ def test_gateway_answers_a_status_with_extra_headers_and_stamps_arrivals(hexprox
 # --------------------------------------------------------------------------- real crawls
 
 
-@dataclass
-class Fetched:
-    url: str
-    status: int
-    retry_times: int
-
-
-@dataclass
-class Outcome:
-    crawler: Any
-    pages: list[Fetched] = field(default_factory=list)
-    errors: list[Any] = field(default_factory=list)
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        return self.crawler.stats.get_stats()
-
-
-class PrioritySpider(scrapy.Spider):
-    """Fetches ``targets`` = [(url, priority)] in that order of priority; records each page."""
-
-    name = "paced"
-    custom_settings = {"HTTPERROR_ALLOW_ALL": True}
-
-    def __init__(self, targets: list[tuple[str, int]], outcome: Outcome, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.targets = targets
-        self.outcome = outcome
-
-    def _requests(self) -> Any:
-        for url, priority in self.targets:
-            yield Request(
-                url, priority=priority, callback=self.parse, errback=self.failed, dont_filter=True
-            )
-
-    async def start(self) -> Any:  # Scrapy >= 2.13
-        for request in self._requests():
-            yield request
-
-    def start_requests(self) -> Any:  # Scrapy < 2.13
-        return self._requests()
-
-    def parse(self, response: Any, **kwargs: Any) -> Any:
-        self.outcome.pages.append(
-            Fetched(response.url, response.status, response.meta.get("retry_times", 0))
-        )
-
-    def failed(self, failure: Any) -> None:
-        self.outcome.errors.append(failure)
-
-
-async def _crawl(settings, targets, *, before=None, spider=PrioritySpider) -> Outcome:
-    runner = CrawlerRunner(settings)
-    outcome = Outcome(crawler=runner.create_crawler(spider))
-    if before is not None:
-        before(outcome.crawler)
-    await runner.crawl(outcome.crawler, targets=targets, outcome=outcome)
-    return outcome
-
-
 def _when_idle_with_parked(crawler, action) -> None:
     """``action(crawler, runtime)`` each time the spider goes idle while a retry is parked:
     the moment everything else is done and only the paced retry is left."""
@@ -354,7 +291,7 @@ def _manual(base_settings, **more):
 
 @pytest_twisted.ensureDeferred
 async def test_a_paced_retry_is_downloaded_only_once_the_clock_passes_its_wait(
-    base_settings, hexproxy_gateway
+    crawl, base_settings, hexproxy_gateway
 ):
     hexproxy_gateway.set_default_behavior(Behavior.answer(503))
     url = "http://site.test/paced"
@@ -370,7 +307,7 @@ async def test_a_paced_retry_is_downloaded_only_once_the_clock_passes_its_wait(
         advance_clock(crawler, 0.002)  # past it: released into the engine at once
         seen.append((wait, before, short, pacer.parked, len(_attempts(hexproxy_gateway, url))))
 
-    result = await _crawl(
+    result = await crawl(
         _manual(base_settings), [(url, 0)], before=lambda c: _when_idle_with_parked(c, step)
     )
     [(wait, before, short, after, attempts_at_release)] = seen
@@ -387,7 +324,9 @@ async def test_a_paced_retry_is_downloaded_only_once_the_clock_passes_its_wait(
 
 
 @pytest_twisted.ensureDeferred
-async def test_other_requests_download_while_a_retry_is_parked(base_settings, hexproxy_gateway):
+async def test_other_requests_download_while_a_retry_is_parked(
+    crawl, base_settings, hexproxy_gateway
+):
     # One download slot, and the failing page first with the highest priority: its retry
     # (priority 9) would come before the others if it waited in the scheduler or the downloader.
     failing = "http://site.test/status/503"
@@ -400,7 +339,7 @@ async def test_other_requests_download_while_a_retry_is_parked(base_settings, he
         advance_clock(crawler, 60)
 
     settings = _manual(base_settings, CONCURRENT_REQUESTS=1, HEX_PROXY_MAX_RETRIES=1)
-    result = await _crawl(
+    result = await crawl(
         settings,
         [(failing, 10)] + [(u, 0) for u in others],
         before=lambda c: _when_idle_with_parked(c, release),
@@ -416,7 +355,9 @@ async def test_other_requests_download_while_a_retry_is_parked(base_settings, he
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_crawl_does_not_finish_while_a_retry_is_parked(base_settings, hexproxy_gateway):
+async def test_the_crawl_does_not_finish_while_a_retry_is_parked(
+    crawl, base_settings, hexproxy_gateway
+):
     hexproxy_gateway.set_default_behavior(Behavior.answer(503))
     url = "http://site.test/late"
     idle_while_parked = []
@@ -431,7 +372,7 @@ async def test_the_crawl_does_not_finish_while_a_retry_is_parked(base_settings, 
             hexproxy_gateway.set_default_behavior(Behavior.normal())
             reactor.callLater(0, advance_clock, crawler, 60)
 
-    result = await _crawl(
+    result = await crawl(
         _manual(base_settings), [(url, 0)], before=lambda c: _when_idle_with_parked(c, later)
     )
     assert idle_while_parked == [1]
@@ -452,7 +393,7 @@ async def test_the_crawl_does_not_finish_while_a_retry_is_parked(base_settings, 
 )
 @pytest_twisted.ensureDeferred
 async def test_retry_after_from_the_gateway_is_honoured_and_capped_in_a_crawl(
-    base_settings, hexproxy_gateway, headers, expected
+    crawl, base_settings, hexproxy_gateway, headers, expected
 ):
     hexproxy_gateway.set_default_behavior(Behavior.answer(503, headers=headers))
     url = "http://site.test/busy"
@@ -466,7 +407,7 @@ async def test_retry_after_from_the_gateway_is_honoured_and_capped_in_a_crawl(
         advance_clock(crawler, 0.02)
         seen.append((wait, short, runtime.pacer.parked))
 
-    result = await _crawl(
+    result = await crawl(
         _manual(base_settings), [(url, 0)], before=lambda c: _when_idle_with_parked(c, step)
     )
     [(wait, short, after)] = seen
@@ -478,7 +419,7 @@ async def test_retry_after_from_the_gateway_is_honoured_and_capped_in_a_crawl(
 
 @pytest_twisted.ensureDeferred
 async def test_retries_parked_when_the_spider_closes_for_another_reason_are_counted_and_logged(
-    base_settings, hexproxy_gateway, caplog
+    crawl, base_settings, hexproxy_gateway, caplog
 ):
     hexproxy_gateway.set_default_behavior(Behavior.answer(503))
 
@@ -491,7 +432,7 @@ async def test_retries_parked_when_the_spider_closes_for_another_reason_are_coun
         else:
             engine.close_spider(crawler.spider, "shutdown")
 
-    result = await _crawl(
+    result = await crawl(
         _manual(base_settings),
         [(u, 0) for u in urls(3)],
         before=lambda c: _when_idle_with_parked(c, close),
@@ -504,45 +445,30 @@ async def test_retries_parked_when_the_spider_closes_for_another_reason_are_coun
     assert "3 retries" in warning.getMessage() and "shutdown" in warning.getMessage()
 
 
-class DownloadSpider(scrapy.Spider):
+class DownloadSpider(PagesSpider):
     """Fetches a page through ``engine.download`` (no scheduler), as some spiders and
     middlewares do; the first target is the page whose callback does it."""
 
     name = "direct"
-    custom_settings = {"HTTPERROR_ALLOW_ALL": True}
-
-    def __init__(self, targets: list[tuple[str, int]], outcome: Outcome, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.targets = targets
-        self.outcome = outcome
 
     def _requests(self) -> Any:
-        yield Request(self.targets[0][0], callback=self.parse, dont_filter=True)
-
-    async def start(self) -> Any:
-        for request in self._requests():
-            yield request
-
-    def start_requests(self) -> Any:
-        return self._requests()
+        yield Request(self.urls[0][0], callback=self.parse, dont_filter=True)
 
     async def parse(self, response: Any, **kwargs: Any) -> Any:
         engine = self.crawler.engine
-        request = Request(self.targets[1][0], dont_filter=True)
+        request = Request(self.urls[1][0], dont_filter=True)
         if hasattr(engine, "download_async"):  # Scrapy >= 2.14
             fetched = await engine.download_async(request)
         else:
             fetched = await maybe_deferred_to_future(engine.download(request))
-        self.outcome.pages.append(
-            Fetched(fetched.url, fetched.status, fetched.meta.get("retry_times", 0))
-        )
+        self.record(fetched)
         return
         yield  # an async generator, as Scrapy's callbacks may be on every version
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_paced_retry_fetched_with_engine_download_still_waits_its_turn(
-    base_settings, hexproxy_gateway
+    crawl, base_settings, hexproxy_gateway
 ):
     from twisted.internet import task
 
@@ -575,7 +501,7 @@ async def test_a_paced_retry_fetched_with_engine_download_still_waits_its_turn(
         crawler.signals.connect(closed, signal=signals.spider_closed, weak=False)
 
     settings = _manual(base_settings, HEX_PROXY_MAX_RETRIES=1)
-    result = await _crawl(
+    result = await crawl(
         settings, [("http://site.test/first", 0), (direct, 0)], before=watch, spider=DownloadSpider
     )
     [(wait, short, after)] = seen
@@ -587,7 +513,7 @@ async def test_a_paced_retry_fetched_with_engine_download_still_waits_its_turn(
 
 @pytest_twisted.ensureDeferred
 async def test_with_the_real_clock_each_retry_arrives_no_earlier_than_its_wait(
-    base_settings, hexproxy_gateway, capsys
+    crawl, base_settings, hexproxy_gateway, capsys
 ):
     # Four pages that always fail, three retries each: waits of up to 0.1, 0.2 and 0.4 s.
     failing = [f"http://site.test/status/503?page={i}" for i in range(4)]
@@ -611,7 +537,7 @@ async def test_with_the_real_clock_each_retry_arrives_no_earlier_than_its_wait(
         "HEX_PROXY_MAX_RETRIES": 3,
         "HEX_PROXY_MAX_FAILURES": 100,
     }
-    result = await _crawl(settings, [(u, 0) for u in failing], before=watch)
+    result = await crawl(settings, [(u, 0) for u in failing], before=watch)
     assert result.stats["hex_proxy/retry"] == 12
     rows = []
     for url in failing:
