@@ -446,14 +446,18 @@ impl Shared {
         request: &Bound<'py, PyAny>,
         response: &Bound<'py, PyAny>,
         decides: bool,
-    ) -> PyResult<(Bound<'py, PyDict>, bool)> {
+    ) -> PyResult<Settled<'py>> {
         let py = owner.py();
         let meta = self.meta(request)?;
         let key = intern!(py, ATTEMPT);
         let Some(attempt) = meta.get_item(key)? else {
             // Settled already: by a middleware that may have left a ban verdict for us.
             let banned = decides && self.ban_policy && take_flag(&meta, intern!(py, BAN))?;
-            return Ok((meta, banned));
+            return Ok(Settled {
+                meta,
+                banned,
+                status: None,
+            });
         };
         meta.del_item(key)?;
         // A cached response (HttpCacheMiddleware) never went through the session.
@@ -461,7 +465,11 @@ impl Shared {
             .getattr(intern!(py, "flags"))?
             .contains(intern!(py, "cached"))?
         {
-            return Ok((meta, false));
+            return Ok(Settled {
+                meta,
+                banned: false,
+                status: None,
+            });
         }
         let attempt = attempt.cast::<PyTuple>()?;
         let number: u64 = attempt.get_item(0)?.extract()?;
@@ -501,7 +509,11 @@ impl Shared {
         if banned && !decides {
             meta.set_item(intern!(py, BAN), true)?;
         }
-        Ok((meta, banned))
+        Ok(Settled {
+            meta,
+            banned,
+            status: Some(status),
+        })
     }
 }
 
@@ -563,6 +575,15 @@ fn runtime_of<'py>(owner: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
 fn status_of(py: Python<'_>, response: &Bound<'_, PyAny>) -> PyResult<u16> {
     let status: i64 = response.getattr(intern!(py, "status"))?.extract()?;
     Ok(status.clamp(0, u16::MAX.into()) as u16)
+}
+
+/// What `settle_response` leaves for the retry decision.
+struct Settled<'py> {
+    meta: Bound<'py, PyDict>,
+    /// The ban policy called the attempt a ban.
+    banned: bool,
+    /// The response's status, if settling read it (so the retry hook need not read it again).
+    status: Option<u16>,
 }
 
 /// The per-request hooks of `HexProxyMiddleware`.
@@ -705,8 +726,15 @@ impl RetryHooks {
         let _ = spider;
         let py = slf.py();
         let shared = &slf.get().shared;
-        let (meta, banned) = shared.settle_response(slf.as_any(), request, &response, true)?;
-        let status = status_of(py, &response)?;
+        let Settled {
+            meta,
+            banned,
+            status,
+        } = shared.settle_response(slf.as_any(), request, &response, true)?;
+        let status = match status {
+            Some(status) => status,
+            None => status_of(py, &response)?,
+        };
         let retryable = shared.core.get().engine().may_retry(status);
         if !retryable && !banned {
             return Ok(response);
