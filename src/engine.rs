@@ -155,7 +155,13 @@ impl Engine {
             identities,
             hosts,
         } = &mut *state;
-        let now = self.clock.now_ns();
+        // Reading the clock is a fair share of a pick; in session scope without rotation it
+        // only ends cooldowns, and while none is cooling any time will do.
+        let now = if hosts.is_some() || identities.is_some() || pool.needs_clock() {
+            self.clock.now_ns()
+        } else {
+            0
+        };
         let slot = match hosts {
             None => pool.pick(now, exclude, rng)?,
             Some(hosts) => hosts.pick(host.unwrap_or_default(), now, exclude, rng)?,
