@@ -99,25 +99,39 @@ impl Gateway {
     /// Writes `proxy_authorization(id)` into `out`, which has exactly its length. The binding
     /// writes straight into the Python bytes object.
     pub fn write_proxy_authorization(&self, id: &SessionId, out: &mut [u8]) {
-        let mut pair = Vec::with_capacity(self.pair_len(id));
+        // "username:password", on the stack when it fits (it does for any usual template).
+        let len = self.pair_len(id);
+        let mut stack = [0_u8; 256];
+        let mut heap = Vec::new();
+        let pair: &mut [u8] = if len <= stack.len() {
+            &mut stack[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap
+        };
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            pair[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
         for (i, piece) in self.pieces.iter().enumerate() {
             if i > 0 {
-                pair.extend_from_slice(id.as_str().as_bytes());
+                put(id.as_bytes());
             }
-            pair.extend_from_slice(piece.as_bytes());
+            put(piece.as_bytes());
         }
-        pair.push(b':');
-        pair.extend_from_slice(self.password.as_bytes());
+        put(b":");
+        put(self.password.as_bytes());
         out[..BASIC.len()].copy_from_slice(BASIC.as_bytes());
         let written = STANDARD
-            .encode_slice(&pair, &mut out[BASIC.len()..])
+            .encode_slice(&*pair, &mut out[BASIC.len()..])
             .expect("out has the header's length");
         debug_assert_eq!(BASIC.len() + written, out.len());
     }
 
     fn username_len(&self, id: &SessionId) -> usize {
         let text: usize = self.pieces.iter().map(String::len).sum();
-        text + (self.pieces.len() - 1) * id.as_str().len()
+        text + (self.pieces.len() - 1) * id.as_bytes().len()
     }
 
     /// Length of "username:password".
@@ -503,6 +517,25 @@ mod tests {
                 assert_eq!(header, basic(&format!("U+{}:{password}", id.as_str())));
                 assert_eq!(header.len(), gateway.proxy_authorization_len(&id));
             }
+        }
+    }
+
+    #[test]
+    fn a_pair_too_long_for_the_stack_buffer_is_written_whole() {
+        // "username:password" is built on a 256-byte stack buffer, on the heap beyond it
+        // ("USER-s007:" is 10 bytes: a 246-byte password fills the buffer exactly).
+        for password_len in [200, 245, 246, 247, 300, 5000] {
+            let password = "p".repeat(password_len);
+            let gateway =
+                Gateway::new("USER".into(), password.clone(), "{user}-{session}").unwrap();
+            let id = SessionId::new(7);
+            let header = gateway.proxy_authorization(&id);
+            assert_eq!(
+                header,
+                basic(&format!("USER-s007:{password}")),
+                "{password_len}"
+            );
+            assert_eq!(header.len(), gateway.proxy_authorization_len(&id));
         }
     }
 

@@ -28,7 +28,12 @@ impl SessionId {
     }
 
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[self.start..]).expect("ASCII")
+        std::str::from_utf8(self.as_bytes()).expect("ASCII")
+    }
+
+    /// The id's bytes (ASCII), without `as_str`'s UTF-8 check.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
     }
 }
 
