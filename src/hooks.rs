@@ -7,20 +7,27 @@
 
 use std::collections::HashSet;
 
+use parking_lot::Mutex;
+
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 
 use crate::binding::Core;
+use crate::engine::Engine;
 use crate::identity::user_agent_index;
 use crate::provider::{Gateway, Provider};
 use crate::scope::{host_of, BanScope};
+use crate::slots::{DictNew, Member};
 
-/// Meta key of the attempt in flight: `(session number, retry_times when it was sent)`; the
-/// number tells which id of its slot the attempt went out on. In ban scope "domain" a third
-/// item is the target host it was sent to, so that it settles against that host whatever
-/// becomes of the request. The meta keys are exported to the Python runtime, so they are
-/// spelled only here.
+/// Meta key of the attempt in flight (its token): the session number, which tells which id
+/// of its slot the attempt went out on, and `retry_times` when it was sent. A first attempt
+/// (no `retry_times`, or 0) in session scope carries the number alone, an int: that is every
+/// request of a healthy crawl, and an int costs less to make and read than a tuple. Otherwise
+/// `(number, retry_times)`, and in ban scope "domain" always `(number, retry_times, host)`:
+/// the target host it was sent to, so that it settles against that host whatever becomes of
+/// the request. The runtime reads it with `attempt_of`. The meta keys are exported to the
+/// Python runtime, so they are spelled only here.
 pub const ATTEMPT: &str = "_hex_attempt";
 /// Meta key of the session indices that already failed this request (a tuple).
 pub const FAILED: &str = "_hex_failed";
@@ -46,13 +53,16 @@ pub const SWITCH: &str = "hex_proxy";
 struct Shared {
     core: Py<Core>,
     route: Route,
-    /// Scrapy's `Headers`, when the runtime found that the request keeps its meta, headers
-    /// and encoding in the slots `_meta`, `_headers` and `_encoding` (None until first use)
-    /// and that headers can be made without running `Headers.__init__` (Scrapy >= 2.13).
-    /// `None`: always go through the public `request.meta` and `request.headers`.
-    fresh_headers: Option<Py<PyType>>,
-    /// `dict.__new__`, which makes the fresh headers.
-    dict_new: Py<PyAny>,
+    /// `Some` when the runtime found that the request keeps its meta, headers and encoding in
+    /// the slots `_meta`, `_headers` and `_encoding` (None until first use) and that headers
+    /// can be made without running `Headers.__init__` (Scrapy >= 2.13). `None`: always go
+    /// through the public `request.meta` and `request.headers`.
+    fresh: Option<Fresh>,
+    /// The response's flags in the slot `_flags` (None until first use), when the runtime
+    /// found them there (Scrapy >= 2.13): the `flags` property is a Python call.
+    flags_slot: Option<Member>,
+    /// The response's `status`.
+    status: Member,
     /// The header's name as `Headers` normalises it.
     header_name: Py<PyBytes>,
     /// Retry pacing is on: a request may carry a time before which it must not be sent.
@@ -66,6 +76,31 @@ struct Shared {
     /// Whether a ban policy judges each settled attempt (`HEX_PROXY_BAN_POLICY`). The policy
     /// itself stays with the runtime, where the garbage collector sees it.
     ban_policy: bool,
+}
+
+/// A request's slots, and how to make its headers (see `Shared::fresh`).
+struct Fresh {
+    meta: Member,
+    headers: Member,
+    encoding: Member,
+    /// Makes an empty `Headers` as `dict.__new__(Headers)` does.
+    new_headers: DictNew,
+}
+
+impl Fresh {
+    fn new(headers_type: &Bound<'_, PyType>) -> PyResult<Self> {
+        let py = headers_type.py();
+        let request = py
+            .import("scrapy.http")?
+            .getattr("Request")?
+            .cast_into::<PyType>()?;
+        Ok(Self {
+            meta: Member::of(&request, "_meta")?,
+            headers: Member::of(&request, "_headers")?,
+            encoding: Member::of(&request, "_encoding")?,
+            new_headers: DictNew::of(headers_type)?,
+        })
+    }
 }
 
 /// The User-Agents sessions present, and which values a request may carry that are not the
@@ -142,10 +177,73 @@ impl UserAgents {
 
 /// Where `assign` sends an attempt, and with which credentials.
 enum Route {
-    /// One URL (the runtime's `proxy_url`); the username, so the header, is made per attempt.
-    Gateway { url: Py<PyString>, gateway: Gateway },
+    /// One URL (the runtime's `proxy_url`); the username, so the header, is made per session.
+    Gateway(GatewayRoute),
     /// A proxy per session: each one's URL and header made once, at start (a list is small).
     List(Box<[Listed]>),
+}
+
+/// Pools of up to this many sessions keep the id string and header bytes made for each session
+/// (a cache, direct-mapped by session number), so that attempts on a session share them: each
+/// is made once a crawl (once per identity when ids rotate). In a larger pool an attempt would
+/// rarely find its session's there, so every attempt makes its own (as all did before).
+const MADE_CAP: u32 = 1024;
+
+struct GatewayRoute {
+    url: Py<PyString>,
+    gateway: Gateway,
+    /// `None` for a pool larger than `MADE_CAP`.
+    made: Option<Mutex<Box<[Option<Made>]>>>,
+}
+
+/// A session number's id (for `meta["hex_session"]`) and `Proxy-Authorization` value. Both are
+/// immutable Python objects, so requests may share them.
+struct Made {
+    number: u64,
+    id: Py<PyString>,
+    header: Py<PyBytes>,
+}
+
+impl GatewayRoute {
+    /// The id and header of session `number` (a number the engine handed out).
+    fn credentials<'py>(
+        &self,
+        py: Python<'py>,
+        engine: &Engine,
+        number: u64,
+    ) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyBytes>)> {
+        let Some(made) = &self.made else {
+            return self.make(py, engine, number);
+        };
+        let mut made = made.lock();
+        let len = made.len() as u64;
+        let entry = &mut made[(number % len) as usize];
+        if let Some(Made { id, header, .. }) = entry.as_ref().filter(|m| m.number == number) {
+            return Ok((id.bind(py).clone(), header.bind(py).clone()));
+        }
+        let (id, header) = self.make(py, engine, number)?;
+        *entry = Some(Made {
+            number,
+            id: id.clone().unbind(),
+            header: header.clone().unbind(),
+        });
+        Ok((id, header))
+    }
+
+    fn make<'py>(
+        &self,
+        py: Python<'py>,
+        engine: &Engine,
+        number: u64,
+    ) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyBytes>)> {
+        let session = engine.session(number)?;
+        let gateway = &self.gateway;
+        let header = PyBytes::new_with(py, gateway.proxy_authorization_len(&session), |out| {
+            gateway.write_proxy_authorization(&session, out);
+            Ok(())
+        })?;
+        Ok((PyString::new(py, session.as_str()), header))
+    }
 }
 
 struct Listed {
@@ -158,13 +256,17 @@ impl Route {
     fn new(runtime: &Bound<'_, PyAny>, core: &Core) -> PyResult<Self> {
         let py = runtime.py();
         Ok(match &core.engine().config().provider {
-            Provider::Gateway(gateway) => Self::Gateway {
+            Provider::Gateway(gateway) => Self::Gateway(GatewayRoute {
                 url: runtime
                     .getattr("proxy_url")?
                     .cast_into::<PyString>()?
                     .unbind(),
                 gateway: gateway.clone(),
-            },
+                made: match core.engine().config().pool_size {
+                    size @ 1..=MADE_CAP => Some(Mutex::new((0..size).map(|_| None).collect())),
+                    _ => None,
+                },
+            }),
             Provider::List(list) => Self::List(
                 list.iter()
                     .map(|proxy| Listed {
@@ -185,7 +287,7 @@ impl Route {
     fn is_ours(&self, proxy: &Bound<'_, PyAny>) -> PyResult<bool> {
         let py = proxy.py();
         match self {
-            Self::Gateway { url, .. } => proxy.eq(url.bind(py)),
+            Self::Gateway(GatewayRoute { url, .. }) => proxy.eq(url.bind(py)),
             Self::List(listed) => {
                 for entry in listed {
                     if proxy.eq(entry.url.bind(py))? {
@@ -203,17 +305,26 @@ impl Shared {
         let py = runtime.py();
         let fresh = runtime.getattr("fresh_headers_type")?;
         let core = runtime.getattr("core")?.cast_into::<Core>()?;
+        let response = py
+            .import("scrapy.http")?
+            .getattr("Response")?
+            .cast_into::<PyType>()?;
         Ok(Self {
             paced: core.get().engine().paced(),
             domain: core.get().engine().ban_scope() == BanScope::Domain,
             route: Route::new(runtime, core.get())?,
             core: core.unbind(),
-            fresh_headers: if fresh.is_none() {
+            fresh: if fresh.is_none() {
                 None
             } else {
-                Some(fresh.cast_into::<PyType>()?.unbind())
+                Some(Fresh::new(fresh.cast::<PyType>()?)?)
             },
-            dict_new: py.get_type::<PyDict>().getattr("__new__")?.unbind(),
+            flags_slot: if runtime.getattr("response_flags_slot")?.extract()? {
+                Some(Member::of(&response, "_flags")?)
+            } else {
+                None
+            },
+            status: Member::of(&response, "status")?,
             header_name: PyBytes::new(py, b"Proxy-Authorization").unbind(),
             bind_cookiejar: runtime.getattr("bind_cookiejar")?.extract()?,
             user_agents: UserAgents::new(runtime)?,
@@ -299,40 +410,43 @@ impl Shared {
         host: Option<&str>,
     ) -> PyResult<()> {
         let engine = self.core.get().engine();
-        let retry_times = match meta.get_item(intern!(py, "retry_times"))? {
-            Some(times) => times,
-            None => 0_u32.into_pyobject(py)?.into_any(),
-        };
-        let id = engine.session(number)?;
-        let (url, header) = match &self.route {
-            Route::Gateway { url, gateway } => {
-                let header = PyBytes::new_with(py, gateway.proxy_authorization_len(&id), |out| {
-                    gateway.write_proxy_authorization(&id, out);
-                    Ok(())
-                })?;
-                (url, Some(header))
+        let retry_times = meta.get_item(intern!(py, "retry_times"))?;
+        let (url, id, header) = match &self.route {
+            Route::Gateway(route) => {
+                let (id, header) = route.credentials(py, engine, number)?;
+                (&route.url, id, Some(header))
             }
             Route::List(listed) => {
+                let id = PyString::new(py, engine.session(number)?.as_str());
                 // A list's sessions never rotate (the config refuses it): number = index.
                 let Listed { url, header } = &listed[number as usize];
                 let header = header.as_ref().map(|header| header.bind(py).clone());
                 self.note_auth_proxy(py, request, meta, url, header.is_some())?;
-                (url, header)
+                (url, id, header)
             }
         };
         meta.set_item(intern!(py, "proxy"), url.bind(py))?;
-        let id = PyString::new(py, id.as_str());
         if self.bind_cookiejar {
             self.bind_cookiejar(py, meta, &id)?;
         }
         meta.set_item(intern!(py, SESSION), &id)?;
         let number_item = number.into_pyobject(py)?.into_any();
+        let first = match &retry_times {
+            None => true,
+            Some(times) => !times.is_truthy()?,
+        };
+        let retry_times = match retry_times {
+            Some(times) => times,
+            None => 0_u32.into_pyobject(py)?.into_any(),
+        };
         let attempt = match host {
-            None => PyTuple::new(py, [number_item, retry_times])?,
+            None if first => number_item,
+            None => PyTuple::new(py, [number_item, retry_times])?.into_any(),
             Some(host) => PyTuple::new(
                 py,
                 [number_item, retry_times, PyString::new(py, host).into_any()],
-            )?,
+            )?
+            .into_any(),
         };
         meta.set_item(intern!(py, ATTEMPT), attempt)?;
         if let Some(header) = header {
@@ -398,14 +512,14 @@ impl Shared {
 
     fn meta<'py>(&self, request: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
         let py = request.py();
-        if self.fresh_headers.is_some() {
-            let current = request.getattr(intern!(py, "_meta"))?;
+        if let Some(fresh) = &self.fresh {
+            let current = fresh.meta.get(request)?;
             if !current.is_none() {
                 return Ok(current.cast_into::<PyDict>()?);
             }
-            let fresh = PyDict::new(py);
-            request.setattr(intern!(py, "_meta"), &fresh)?;
-            return Ok(fresh);
+            let made = PyDict::new(py);
+            fresh.meta.set(request, &made)?;
+            return Ok(made);
         }
         Ok(request
             .getattr(intern!(py, "meta"))?
@@ -417,23 +531,46 @@ impl Shared {
         py: Python<'py>,
         request: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        if let Some(headers_type) = &self.fresh_headers {
-            let current = request.getattr(intern!(py, "_headers"))?;
+        if let Some(fresh) = &self.fresh {
+            let current = fresh.headers.get(request)?;
             if !current.is_none() {
                 return Ok(current.cast_into::<PyDict>()?);
             }
-            let headers_type = headers_type.bind(py);
-            let fresh = self.dict_new.bind(py).call1((headers_type,))?;
-            fresh.setattr(
-                intern!(py, "encoding"),
-                request.getattr(intern!(py, "_encoding"))?,
-            )?;
-            request.setattr(intern!(py, "_headers"), &fresh)?;
-            return Ok(fresh.cast_into::<PyDict>()?);
+            let made = fresh.new_headers.make(py)?;
+            made.setattr(intern!(py, "encoding"), fresh.encoding.get(request)?)?;
+            fresh.headers.set(request, &made)?;
+            return Ok(made.cast_into::<PyDict>()?);
         }
         Ok(request
             .getattr(intern!(py, "headers"))?
             .cast_into::<PyDict>()?)
+    }
+
+    /// Whether the response came from HttpCacheMiddleware (its flags hold "cached"). In the
+    /// `_flags` slot None means no flags; a response without that slot (not one of Scrapy's)
+    /// is read through `flags`.
+    fn cached(&self, response: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = response.py();
+        let flags = match &self.flags_slot {
+            Some(slot) => match slot.get(response) {
+                Ok(flags) if flags.is_none() => return Ok(false),
+                Ok(flags) => flags,
+                Err(_) => response.getattr(intern!(py, "flags"))?,
+            },
+            None => response.getattr(intern!(py, "flags"))?,
+        };
+        flags.contains(intern!(py, "cached"))
+    }
+
+    /// Statuses beyond u16 are in no status set: they count as what they are, successes.
+    fn status_of(&self, response: &Bound<'_, PyAny>) -> PyResult<u16> {
+        let status: i64 = match self.status.get(response) {
+            Ok(status) => status.extract()?,
+            Err(_) => response
+                .getattr(intern!(response.py(), "status"))?
+                .extract()?,
+        };
+        Ok(status.clamp(0, u16::MAX.into()) as u16)
     }
 
     /// Counts the response against the attempt's session, unless another middleware did it
@@ -461,24 +598,22 @@ impl Shared {
         };
         meta.del_item(key)?;
         // A cached response (HttpCacheMiddleware) never went through the session.
-        if response
-            .getattr(intern!(py, "flags"))?
-            .contains(intern!(py, "cached"))?
-        {
+        if self.cached(response)? {
             return Ok(Settled {
                 meta,
                 banned: false,
                 status: None,
             });
         }
-        let attempt = attempt.cast::<PyTuple>()?;
-        let number: u64 = attempt.get_item(0)?.extract()?;
-        let host: Option<String> = if self.domain {
-            Some(attempt.get_item(2)?.extract()?)
-        } else {
-            None
+        let (number, host): (u64, Option<String>) = match attempt.cast::<PyTuple>() {
+            Ok(attempt) if self.domain => (
+                attempt.get_item(0)?.extract()?,
+                Some(attempt.get_item(2)?.extract()?),
+            ),
+            Ok(attempt) => (attempt.get_item(0)?.extract()?, None),
+            Err(_) => (attempt.extract()?, None),
         };
-        let status = status_of(py, response)?;
+        let status = self.status_of(response)?;
         let engine = self.core.get().engine();
         // The policy's own error (it raised, or answered junk) goes to the errback, but only
         // once the attempt is counted, by the default rules: its token is gone already.
@@ -569,12 +704,6 @@ fn switched_off(meta: &Bound<'_, PyDict>) -> PyResult<bool> {
 
 fn runtime_of<'py>(owner: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     owner.getattr(intern!(owner.py(), "_runtime"))
-}
-
-/// Statuses beyond u16 are in no status set: they count as what they are, successes.
-fn status_of(py: Python<'_>, response: &Bound<'_, PyAny>) -> PyResult<u16> {
-    let status: i64 = response.getattr(intern!(py, "status"))?.extract()?;
-    Ok(status.clamp(0, u16::MAX.into()) as u16)
 }
 
 /// What `settle_response` leaves for the retry decision.
@@ -733,7 +862,7 @@ impl RetryHooks {
         } = shared.settle_response(slf.as_any(), request, &response, true)?;
         let status = match status {
             Some(status) => status,
-            None => status_of(py, &response)?,
+            None => shared.status_of(&response)?,
         };
         let retryable = shared.core.get().engine().may_retry(status);
         if !retryable && !banned {

@@ -20,6 +20,8 @@ pub mod stats;
 mod binding;
 #[cfg(feature = "python")]
 mod hooks;
+#[cfg(feature = "python")]
+mod slots;
 
 /// Native core of scrapy_hexproxy: the session pool, retry policy and stats.
 #[cfg(feature = "python")]

@@ -29,6 +29,7 @@ from scrapy_hexproxy import (
     HexProxyMiddleware,
     SmartRetryMiddleware,
 )
+from scrapy_hexproxy._runtime import attempt_of
 from scrapy_hexproxy.testing import Behavior, Gateway
 
 from .conftest import GUIDE_WIRING, runtime_of, urls
@@ -546,7 +547,7 @@ def test_verdict_semantics_for_responses(hook_crawler, status, verdict, failure,
     crawler = hook_crawler(HEX_PROXY_BAN_POLICY=Fixed, HEX_PROXY_MAX_FAILURES=1)
     proxy, retry = _pair(crawler)
     request = _send(proxy)
-    index = request.meta["_hex_attempt"][0]
+    index = attempt_of(request.meta["_hex_attempt"])[0]
     result = retry.process_response(request, _page(request, status))
     assert isinstance(result, Request) is retried
     core = runtime_of(crawler).core

@@ -502,6 +502,55 @@ def test_fast_path_is_used_on_the_scrapy_versions_that_make_headers_lazily(hook_
     runtime = runtime_of(crawler)
     lazy = Version(scrapy.__version__) >= Version("2.13")  # 2.19 here; 2.11.2 is eager
     assert runtime.fresh_headers_type is (Headers if lazy else None)
+    # 2.13 also keeps a response's flags in a slot, None until used; 2.11 in a plain attribute.
+    assert runtime.response_flags_slot is lazy
+
+
+@pytest.mark.parametrize("flags", [None, [], ["cached"], ["partial", "cached"], ["partial"]])
+def test_a_response_is_cached_exactly_when_its_flags_say_so_however_they_are_kept(
+    hook_crawler, flags
+):
+    proxy, retry = _pair(hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=1, HEX_PROXY_MAX_FAILURES=1))
+    request = _send(proxy)
+    response = Response(request.url, status=503, request=request, flags=flags)
+    if flags == []:
+        _ = response.flags  # the property makes the list: read through it first
+    retry.process_response(request, response)
+    core = runtime_of(proxy._runtime.crawler).core
+    counted = "cached" not in (flags or [])
+    assert core.stats().get("hex_proxy/failure/503", 0) == (1 if counted else 0)
+    assert core.cooling_count == (1 if counted else 0)
+
+
+def test_attempts_on_a_session_share_its_id_and_header_but_never_a_header_list(hook_crawler):
+    # Pools of up to 1,024 sessions keep each session's id and header (immutable str and
+    # bytes); the list Headers keeps values in is each request's own.
+    proxy, _ = _pair(hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=1))
+    first, second = _send(proxy), _send(proxy)
+    assert first.meta["hex_session"] is second.meta["hex_session"]
+    assert _user_of(first) == _user_of(second) == "USER-session-s000:s3cr3t-PASS"
+    first.headers.appendlist(b"Proxy-Authorization", b"Basic other")
+    assert second.headers.getlist(b"Proxy-Authorization") == [
+        b"Basic " + base64.b64encode(b"USER-session-s000:s3cr3t-PASS")
+    ]
+
+
+@pytest.mark.parametrize("pool_size", [3, 1024, 1025, 5000])
+def test_every_attempt_carries_the_header_of_its_own_session_id(hook_crawler, pool_size):
+    # Each session id rotates after 2 uses: cached or made per attempt (pools over 1,024),
+    # the header always names the id in meta, and ids of a slot's generations never mix.
+    proxy, _ = _pair(
+        hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=pool_size, HEX_PROXY_SESSION_MAX_USES=2)
+    )
+    seen = Counter()
+    for _ in range(3 * pool_size if pool_size < 10 else 400):
+        request = _send(proxy)
+        session = request.meta["hex_session"]
+        assert _user_of(request) == f"USER-session-{session}:s3cr3t-PASS"
+        seen[session] += 1
+    assert max(seen.values()) <= 2
+    if pool_size == 3:
+        assert len(seen) >= 5  # 9 attempts, at most 2 on an id: rotated ids were handed out
 
 
 @pytest.mark.parametrize("given", ["nothing", "headers and meta"])

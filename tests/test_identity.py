@@ -19,6 +19,7 @@ from scrapy import Request
 from scrapy.http import Response
 
 from scrapy_hexproxy import HexProxyConfigError, HexProxyMiddleware, SmartRetryMiddleware
+from scrapy_hexproxy._runtime import attempt_of
 from scrapy_hexproxy.testing import Behavior, Gateway, advance_clock
 
 from .conftest import CrawlResult, runtime_of, urls, when_requests_wait
@@ -473,7 +474,7 @@ def test_with_identity_features_off_ids_are_the_indices_and_nothing_else_is_writ
     request = _send(proxy)
     assert "cookiejar" not in request.meta
     assert b"User-Agent" not in request.headers
-    assert request.meta["_hex_attempt"][0] == int(request.meta["hex_session"][1:])
+    assert attempt_of(request.meta["_hex_attempt"])[0] == int(request.meta["hex_session"][1:])
     _answer(proxy, request, 503)  # blacklisted for the cooldown: no rotation
     core = runtime_of(crawler).core
     assert (core.live_count, core.cooling_count) == (1, 1)

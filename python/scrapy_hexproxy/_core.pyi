@@ -282,6 +282,7 @@ class _Runtime(Protocol):
     core: Core
     proxy_url: str | None
     fresh_headers_type: type | None
+    response_flags_slot: bool
     bind_cookiejar: bool
     user_agents: tuple[bytes, ...] | None
     default_user_agent: bytes | None

@@ -97,6 +97,8 @@ def _fresh_headers_type() -> type | None:
         made_state = vars(Headers(encoding="ascii"))
     except TypeError:  # no __dict__
         return None
+    if Headers.__new__ is not dict.__new__:  # the core makes them as dict.__new__ does
+        return None
     fresh = dict.__new__(Headers)
     fresh.encoding = "ascii"
     meta: dict[str, Any] = {}
@@ -105,6 +107,19 @@ def _fresh_headers_type() -> type | None:
     if made_state != {"encoding": "ascii"} or probe.headers is not fresh or probe.meta is not meta:
         return None
     return Headers
+
+
+def _response_flags_slot() -> bool:
+    """Whether a response keeps its flags in the slot ``_flags``, None until first use, so the
+    core may read it instead of the ``flags`` property (Scrapy >= 2.13; 2.11 keeps a plain
+    attribute). Checked on real objects of the installed Scrapy, as the request's slots are."""
+    from scrapy.http import Response
+
+    plain = Response("http://127.0.0.1/")
+    if getattr(plain, "_flags", False) is not None:
+        return False
+    cached = Response("http://127.0.0.1/", flags=["cached"])
+    return cached._flags == ["cached"] and cached.flags is cached._flags  # type: ignore[attr-defined]
 
 
 class Runtime:
@@ -129,6 +144,7 @@ class Runtime:
         # The gateway's URL for meta["proxy"]; a list's URLs are the core's.
         self.proxy_url = None if settings.gateway is None else settings.gateway.url
         self.fresh_headers_type = _fresh_headers_type()  # the core's fast path, if it holds
+        self.response_flags_slot = _response_flags_slot()  # and the response's
         # Identity binding, read by the core's hooks (HEX_PROXY_BIND_COOKIEJAR, _USER_AGENTS).
         self.bind_cookiejar = settings.bind_cookiejar
         self.user_agents, self.default_user_agent = _user_agent_values(crawler, settings)
@@ -246,10 +262,8 @@ class Runtime:
     def settle_unobserved(self, request: Request) -> None:
         """The previous attempt's outcome never reached us (a middleware above ours returned a
         new request). A retry means it failed; anything else (a redirect) means it worked."""
-        attempt = request.meta.pop(ATTEMPT)
-        number, retry_times = attempt[0], attempt[1]
         # The host it was sent to, not the copy's (a redirect may go elsewhere).
-        host = _sent_to(attempt)
+        number, retry_times, host = attempt_of(request.meta.pop(ATTEMPT))
         try:
             if request.meta.get("retry_times", 0) > retry_times:
                 flags = self.core.record_exception(number, "unobserved", host)
@@ -277,7 +291,7 @@ class Runtime:
             if decides and policy is not None and meta.pop(BAN, False):
                 return True
             return transport
-        number, host = attempt[0], _sent_to(attempt)
+        number, _, host = attempt_of(attempt)
         verdict, error = None, None
         if policy is not None:
             try:
@@ -493,9 +507,13 @@ def switched_off(meta: dict[str, Any]) -> bool:
     return switch is not None and not switch
 
 
-def _sent_to(attempt: tuple[Any, ...]) -> str | None:
-    """The target host an attempt token names (ban scope "domain"); None in session scope."""
-    return attempt[2] if len(attempt) > 2 else None
+def attempt_of(token: int | tuple[Any, ...]) -> tuple[int, int, str | None]:
+    """An attempt token's session number, ``retry_times`` when it was sent, and target host
+    (ban scope "domain"; None in session scope). A first attempt in session scope is the
+    number alone (see ``ATTEMPT_KEY`` in the core)."""
+    if isinstance(token, int):
+        return token, 0, None
+    return token[0], token[1], token[2] if len(token) > 2 else None
 
 
 def _late(crawler: Crawler, name: str) -> Any:
