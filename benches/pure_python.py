@@ -4,7 +4,9 @@ It is what a careful author would write without the Rust core, through Scrapy's 
 O(1) pick (a dense list of live sessions, each one's position in it, rejection sampling around
 the excluded ones), FIFO cooldown expiry, consecutive-failure counting, the attempt token that
 settles each outcome once (unobserved and cached responses too), the 407 count, Basic
-credentials per session, the retry decision of DESIGN.md and the stats. The hook-cycle benchmark
+credentials per session, the per-request switch (``meta["hex_proxy"] = False``), the retry
+decision of DESIGN.md and the stats. The other optional features are off by default, and off in
+the benchmark: it does not carry them. The hook-cycle benchmark
 measures ours against it.
 """
 
@@ -86,6 +88,9 @@ class PureProxyMiddleware:
 
     def process_request(self, request: Any, spider: Any = None) -> None:
         meta = request.meta
+        switch = meta.get("hex_proxy")
+        if switch is not None and not switch:  # the per-request switch: left alone
+            return
         if "_hex_attempt" in meta:  # a middleware above returned a copy we never saw settled
             index, retry_times = meta.pop("_hex_attempt")
             if meta.get("retry_times", 0) > retry_times:
@@ -142,6 +147,9 @@ class PureRetryMiddleware:
         meta = request.meta
         if response.status not in RETRY_CODES or meta.get("dont_retry", False):
             return response
+        switch = meta.get("hex_proxy")
+        if switch is not None and not switch:
+            return response
         stats = self.proxy.stats
         retry_times = meta.get("retry_times", 0) + 1
         if retry_times > meta.get("max_retry_times", self.max_retries):
@@ -180,3 +188,7 @@ def self_check() -> None:
     assert proxy.stats == {"hex_proxy/failure/503": 1, "hex_proxy/retry": 1}
     auth = request.headers[b"Proxy-Authorization"]
     assert base64.b64decode(auth[6:]).startswith(b"USER-session-s00")
+    off = Request("http://example.test/", meta={"hex_proxy": False})
+    proxy.process_request(off)
+    assert "proxy" not in off.meta and b"Proxy-Authorization" not in off.headers
+    assert retry.process_response(off, Response(off.url, status=503)).status == 503
