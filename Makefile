@@ -32,10 +32,12 @@ build-dev: $(VENV)/.ok
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q
 	$(PY) -c "import scrapy_hexproxy; print('scrapy_hexproxy', scrapy_hexproxy.__version__, 'built')"
 
-## wheel: one abi3 wheel for every CPython >= 3.9
+## wheel: two abi3 wheels: cp310-abi3 for CPython >= 3.10 (hooks called with METH_FASTCALL),
+## and cp39-abi3 for 3.9 (pip takes the first where both fit)
 wheel: $(VENV)/.ok
 	rm -rf $(WHEEL_DIR)
 	$(VENV)/bin/maturin build --release -q -o $(WHEEL_DIR)
+	$(VENV)/bin/maturin build --release -q --features py39 -o $(WHEEL_DIR)
 
 lint: $(VENV)/.ok
 	cargo fmt --check
@@ -57,9 +59,10 @@ test-python: build-dev
 	$(PY) -m pytest -q --reactor=asyncio
 	$(PY) -m pytest -q --reactor=default
 
-## test-python-old: the same suite on Scrapy 2.11.2, the oldest supported
+## test-python-old: the same suite on Scrapy 2.11.2, the oldest supported, with the cp39-abi3
+## wheel (abi3: this CPython runs it too), so that the suite covers both builds
 test-python-old: wheel $(VENV_OLD)/.ok
-	$(PY_OLD) -m pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
+	$(PY_OLD) -m pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/*-cp39-abi3-*.whl
 	$(PY_OLD) -m pytest -q --reactor=asyncio
 	$(PY_OLD) -m pytest -q --reactor=default
 
