@@ -33,7 +33,7 @@ build-dev: $(VENV)/.ok
 	$(PY) -c "import scrapy_hexproxy; print('scrapy_hexproxy', scrapy_hexproxy.__version__, 'built')"
 
 ## wheel: two abi3 wheels: cp310-abi3 for CPython >= 3.10 (hooks called with METH_FASTCALL),
-## and cp39-abi3 for 3.9 (pip takes the first where both fit)
+## and cp39-abi3 for 3.9 (pip ranks cp310-abi3 first wherever both fit)
 wheel: $(VENV)/.ok
 	rm -rf $(WHEEL_DIR)
 	$(VENV)/bin/maturin build --release -q -o $(WHEEL_DIR)

@@ -194,6 +194,10 @@ struct GatewayRoute {
     gateway: Gateway,
     /// `None` for a pool larger than `MADE_CAP`.
     made: Option<Mutex<Box<[Option<Made>]>>>,
+    /// Attempts may share their session's id object: not with `HEX_PROXY_BIND_COOKIEJAR`,
+    /// which tells a jar it set (the very `hex_session` object) from one the user set by
+    /// identity, and a user may well set a jar to the id a response came back with.
+    share_ids: bool,
 }
 
 /// A session number's id (for `meta["hex_session"]`) and `Proxy-Authorization` value. Both are
@@ -215,14 +219,23 @@ impl GatewayRoute {
         let Some(made) = &self.made else {
             return self.make(py, engine, number);
         };
-        let mut made = made.lock();
-        let len = made.len() as u64;
-        let entry = &mut made[(number % len) as usize];
-        if let Some(Made { id, header, .. }) = entry.as_ref().filter(|m| m.number == number) {
-            return Ok((id.bind(py).clone(), header.bind(py).clone()));
+        let mut entries = made.lock();
+        let at = (number % entries.len() as u64) as usize;
+        let found = entries[at]
+            .as_ref()
+            .filter(|entry| entry.number == number)
+            .map(|Made { id, header, .. }| (id.bind(py).clone(), header.bind(py).clone()));
+        drop(entries);
+        if let Some((id, header)) = found {
+            if self.share_ids {
+                return Ok((id, header));
+            }
+            let id = PyString::new(py, id.to_str()?);
+            return Ok((id, header));
         }
+        // Made with the lock released (making a Python object is no place to hold it).
         let (id, header) = self.make(py, engine, number)?;
-        *entry = Some(Made {
+        made.lock()[at] = Some(Made {
             number,
             id: id.clone().unbind(),
             header: header.clone().unbind(),
@@ -242,7 +255,7 @@ impl GatewayRoute {
             gateway.write_proxy_authorization(&session, out);
             Ok(())
         })?;
-        Ok((PyString::new(py, session.as_str()), header))
+        Ok((PyString::from_bytes(py, session.as_bytes())?, header))
     }
 }
 
@@ -262,6 +275,7 @@ impl Route {
                     .cast_into::<PyString>()?
                     .unbind(),
                 gateway: gateway.clone(),
+                share_ids: !runtime.getattr("bind_cookiejar")?.extract::<bool>()?,
                 made: match core.engine().config().pool_size {
                     size @ 1..=MADE_CAP => Some(Mutex::new((0..size).map(|_| None).collect())),
                     _ => None,

@@ -55,16 +55,28 @@ pub struct Gateway {
     /// The username with the user filled in, cut where the session id goes:
     /// `"{user}_sid_{session}-cc"` is `["USER_sid_", "-cc"]`. At least two pieces.
     pieces: Box<[String]>,
+    /// "Basic " and the base64 of the first `head_bytes` bytes of the first piece, the most a
+    /// multiple of 3 can take: they encode the same in every header, so they are encoded once.
+    /// (The first piece comes before any session id and the password: no secret is in it.)
+    head: String,
+    head_bytes: usize,
 }
 
 impl Gateway {
     /// `user` and `password` are checked by `Settings::validate` (non-empty, no ':' in user).
     pub(crate) fn new(user: String, password: String, template: &str) -> Result<Self, ConfigError> {
         let pieces = compile_template(template, &user).map_err(ConfigError::Template)?;
+        let head_bytes = pieces[0].len() / 3 * 3;
+        let head = format!(
+            "{BASIC}{}",
+            STANDARD.encode(&pieces[0].as_bytes()[..head_bytes])
+        );
         Ok(Self {
             user,
             password,
             pieces,
+            head,
+            head_bytes,
         })
     }
 
@@ -99,8 +111,9 @@ impl Gateway {
     /// Writes `proxy_authorization(id)` into `out`, which has exactly its length. The binding
     /// writes straight into the Python bytes object.
     pub fn write_proxy_authorization(&self, id: &SessionId, out: &mut [u8]) {
-        // "username:password", on the stack when it fits (it does for any usual template).
-        let len = self.pair_len(id);
+        // "username:password" but the bytes `head` encodes, on the stack when it fits (it does
+        // for any usual template).
+        let len = self.pair_len(id) - self.head_bytes;
         let mut stack = [0_u8; 256];
         let mut heap = Vec::new();
         let pair: &mut [u8] = if len <= stack.len() {
@@ -114,19 +127,20 @@ impl Gateway {
             pair[at..at + bytes.len()].copy_from_slice(bytes);
             at += bytes.len();
         };
-        for (i, piece) in self.pieces.iter().enumerate() {
-            if i > 0 {
-                put(id.as_bytes());
-            }
+        put(&self.pieces[0].as_bytes()[self.head_bytes..]);
+        for piece in &self.pieces[1..] {
+            put(id.as_bytes());
             put(piece.as_bytes());
         }
         put(b":");
         put(self.password.as_bytes());
-        out[..BASIC.len()].copy_from_slice(BASIC.as_bytes());
+        debug_assert_eq!(at, len, "the pair fills its buffer");
+        let head = self.head.len();
+        out[..head].copy_from_slice(self.head.as_bytes());
         let written = STANDARD
-            .encode_slice(&*pair, &mut out[BASIC.len()..])
+            .encode_slice(&*pair, &mut out[head..])
             .expect("out has the header's length");
-        debug_assert_eq!(BASIC.len() + written, out.len());
+        debug_assert_eq!(head + written, out.len());
     }
 
     fn username_len(&self, id: &SessionId) -> usize {
@@ -497,6 +511,8 @@ mod tests {
                 "nutzer-{user}-sitzung-{session}-\u{e9}",
                 "nutzer-USER-sitzung-s042-\u{e9}",
             ),
+            // The bytes encoded once (a multiple of 3 of the first piece) end inside the 'é'.
+            ("xx\u{e9}{session}-{user}", "xx\u{e9}s042-USER"),
         ];
         for (template, username) in cases {
             let gateway = gateway(template);

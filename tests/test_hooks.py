@@ -19,7 +19,7 @@ from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.error import ConnectionRefusedError as TxConnectionRefusedError
 
 from scrapy_hexproxy import HexProxyConfigError, HexProxyMiddleware, SmartRetryMiddleware
-from scrapy_hexproxy._runtime import advance_clock
+from scrapy_hexproxy._runtime import advance_clock, attempt_of
 
 from .conftest import runtime_of
 
@@ -527,12 +527,31 @@ def test_attempts_on_a_session_share_its_id_and_header_but_never_a_header_list(h
     # bytes); the list Headers keeps values in is each request's own.
     proxy, _ = _pair(hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=1))
     first, second = _send(proxy), _send(proxy)
-    assert first.meta["hex_session"] is second.meta["hex_session"]
+    assert first.meta["hex_session"] == second.meta["hex_session"] == "s000"
     assert _user_of(first) == _user_of(second) == "USER-session-s000:s3cr3t-PASS"
     first.headers.appendlist(b"Proxy-Authorization", b"Basic other")
     assert second.headers.getlist(b"Proxy-Authorization") == [
         b"Basic " + base64.b64encode(b"USER-session-s000:s3cr3t-PASS")
     ]
+
+
+def test_bind_cookiejar_keeps_a_jar_the_user_set_to_the_id_of_the_session_used(hook_crawler):
+    # A follow-up request's jar set to the id its parent came back on (the Scrapy idiom
+    # meta={"cookiejar": response.meta["cookiejar"]}) is the user's, even when the follow-up
+    # is sent on that same session: its retry keeps it.
+    proxy, retry = _pair(hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=2, HEX_PROXY_BIND_COOKIEJAR=True))
+    parent = _send(proxy)
+    chosen = parent.meta["cookiejar"]
+    assert chosen is parent.meta["hex_session"]  # the jar binding set: the id itself
+    for _ in range(50):
+        child = _send(proxy, cookiejar=chosen)
+        if child.meta["hex_session"] == chosen:
+            break
+    assert child.meta["hex_session"] == chosen and child.meta["cookiejar"] is chosen
+    again = retry.process_response(child, Response(child.url, status=503, request=child))
+    assert isinstance(again, Request)
+    assert proxy.process_request(again) is None
+    assert again.meta["hex_session"] != chosen and again.meta["cookiejar"] is chosen
 
 
 @pytest.mark.parametrize("pool_size", [3, 1024, 1025, 5000])
@@ -542,10 +561,13 @@ def test_every_attempt_carries_the_header_of_its_own_session_id(hook_crawler, po
     proxy, _ = _pair(
         hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=pool_size, HEX_PROXY_SESSION_MAX_USES=2)
     )
+    core = runtime_of(proxy._runtime.crawler).core
     seen = Counter()
     for _ in range(3 * pool_size if pool_size < 10 else 400):
         request = _send(proxy)
         session = request.meta["hex_session"]
+        # The id the core derives from the number sent, not one read back from the cache.
+        assert session == core.session_id(attempt_of(request.meta["_hex_attempt"])[0])
         assert _user_of(request) == f"USER-session-{session}:s3cr3t-PASS"
         seen[session] += 1
     assert max(seen.values()) <= 2

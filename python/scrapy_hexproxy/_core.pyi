@@ -40,7 +40,8 @@ RETRY: Final = 1
 """``decide_retry``: schedule a retry (counted in ``hex_proxy/retry``)."""
 
 ATTEMPT_KEY: Final = "_hex_attempt"
-"""Meta key of the attempt in flight: ``(session number, retry_times when it was sent)``; in ban
+"""Meta key of the attempt in flight: a first attempt in session scope carries its session
+number alone (an int); otherwise ``(session number, retry_times when it was sent)``, and in ban
 scope ``"domain"`` a third item, the target host it was sent to (it settles against that host)."""
 
 FAILED_KEY: Final = "_hex_failed"

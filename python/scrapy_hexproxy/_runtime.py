@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("scrapy_hexproxy")
 
-#: meta key of the attempt in flight: (session number, retry_times when it was sent), and in ban
-#: scope "domain" the target host it was sent to.
+#: meta key of the attempt in flight: the session number, retry_times when it was sent, and in
+#: ban scope "domain" the target host it was sent to; read it with ``attempt_of``.
 ATTEMPT = _core.ATTEMPT_KEY
 #: meta key of the session indices that already failed this request (a tuple: copies share it).
 FAILED = _core.FAILED_KEY
