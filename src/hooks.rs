@@ -219,7 +219,7 @@ impl GatewayRoute {
         let Some(made) = &self.made else {
             return self.make(py, engine, number);
         };
-        let mut entries = made.lock();
+        let entries = made.lock();
         let at = (number % entries.len() as u64) as usize;
         let found = entries[at]
             .as_ref()
