@@ -43,6 +43,7 @@ lint: $(VENV)/.ok
 	cargo fmt --check
 	cargo clippy -q --all-targets -- -D warnings
 	cargo clippy -q --all-targets --features python -- -D warnings
+	cargo clippy -q --lib --features py39 -- -D warnings
 	$(VENV)/bin/ruff check python tests examples benches
 	$(VENV)/bin/ruff format --check python tests examples benches
 

@@ -230,7 +230,7 @@ impl GatewayRoute {
             if self.share_ids {
                 return Ok((id, header));
             }
-            let id = PyString::new(py, id.to_str()?);
+            let id = PyString::new(py, &id.to_cow()?);
             return Ok((id, header));
         }
         // Made with the lock released (making a Python object is no place to hold it).
