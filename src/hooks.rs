@@ -463,14 +463,17 @@ impl Shared {
             .into_any(),
         };
         meta.set_item(intern!(py, ATTEMPT), attempt)?;
+        if header.is_none() && self.user_agents.is_none() {
+            return Ok(());
+        }
+        let headers = self.headers(py, request)?;
         if let Some(header) = header {
             // The key as `Headers` normalises it, stored as `Headers.__setitem__` would (a list
             // of bytes) without running its normalisation: the value is already bytes.
-            let headers = self.headers(py, request)?;
             headers.set_item(self.header_name.bind(py), PyList::new(py, [header])?)?;
         }
         if let Some(user_agents) = &self.user_agents {
-            user_agents.present(py, &self.headers(py, request)?, number)?;
+            user_agents.present(py, &headers, number)?;
         }
         Ok(())
     }
