@@ -553,8 +553,10 @@ impl Shared {
             if !current.is_none() {
                 return Ok(current.cast_into::<PyDict>()?);
             }
-            let made = fresh.new_headers.make(py)?;
-            made.setattr(intern!(py, "encoding"), fresh.encoding.get(request)?)?;
+            // As `Headers(encoding=request.encoding)` leaves it.
+            let attrs = PyDict::new(py);
+            attrs.set_item(intern!(py, "encoding"), fresh.encoding.get(request)?)?;
+            let made = fresh.new_headers.make_with(attrs)?;
             fresh.headers.set(request, &made)?;
             return Ok(made.cast_into::<PyDict>()?);
         }

@@ -11,7 +11,7 @@ use std::ptr;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyType};
+use pyo3::types::{PyDict, PyString, PyType};
 
 /// One attribute of a Scrapy class, reached through its member descriptor when it is a
 /// `__slots__` member, else by name.
@@ -138,6 +138,23 @@ impl DictNew {
             new: unsafe { std::mem::transmute::<*mut c_void, ffi::newfunc>(new) },
             no_args: pyo3::types::PyTuple::empty(py).into_any().unbind(),
         })
+    }
+
+    /// An empty instance whose attributes are `attrs`, a dict it then owns: the dict is given
+    /// whole (what `obj.__dict__ = attrs` does), which costs less than a first `setattr` on an
+    /// instance of a `dict` subclass (that makes its attribute dict then, entry by entry).
+    pub fn make_with<'py>(&self, attrs: Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
+        let py = attrs.py();
+        let made = self.make(py)?;
+        // SAFETY: a live instance of a class with a `__dict__` (Headers, a Python class) and a
+        // dict; it takes its own reference to the dict, and returns -1 with an error set on
+        // failure.
+        let status =
+            unsafe { ffi::PyObject_GenericSetDict(made.as_ptr(), attrs.as_ptr(), ptr::null_mut()) };
+        if status < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(made)
     }
 
     pub fn make<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {

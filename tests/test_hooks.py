@@ -14,7 +14,7 @@ from scrapy import Request
 from scrapy.core.downloader.handlers.http11 import TunnelError
 from scrapy.core.downloader.middleware import DownloaderMiddlewareManager
 from scrapy.exceptions import IgnoreRequest, NotConfigured
-from scrapy.http import Response
+from scrapy.http import Headers, Response
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.error import ConnectionRefusedError as TxConnectionRefusedError
 
@@ -596,6 +596,7 @@ def test_headers_and_meta_written_by_the_core_behave_as_scrapys_own(hook_crawler
     assert headers.getlist("PROXY-AUTHORIZATION") == [expected]
     assert "Proxy-Authorization" in headers
     assert headers.encoding == "latin-1"
+    assert type(headers) is Headers and vars(headers) == vars(Headers(encoding="latin-1"))
     assert request.meta["proxy"] == "http://127.0.0.1:7777"
     assert request.meta["hex_session"] == "s000"
     # Writes through Scrapy's own API still normalise, and copies carry everything.
