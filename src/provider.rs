@@ -154,7 +154,7 @@ impl Gateway {
         debug_assert_eq!(at, len, "the bytes fill their buffer");
         let head = self.head.len();
         out[..head].copy_from_slice(self.head.as_bytes());
-        let (encoded, tail) = out[head..].split_at_mut(len.div_ceil(3) * 4);
+        let (encoded, rest) = out[head..].split_at_mut(len.div_ceil(3) * 4);
         if len % 3 == 0 {
             encode_groups(varying, encoded);
         } else {
@@ -164,7 +164,7 @@ impl Gateway {
                 .encode_slice(&*varying, encoded)
                 .expect("out has the header's length");
         }
-        tail.copy_from_slice(self.tails[k].as_bytes());
+        rest.copy_from_slice(self.tails[k].as_bytes());
     }
 
     fn username_len(&self, id: &SessionId) -> usize {
@@ -180,7 +180,7 @@ impl Gateway {
 
 /// Standard base64 of `bytes`, a multiple of 3 long, into `out`, 4/3 as long (so no padding).
 /// The few bytes of a header that change with the session, made for every attempt: for them
-/// the engine's set-up would cost more than the encoding.
+/// the base64 crate's set-up would cost more than the encoding.
 fn encode_groups(bytes: &[u8], out: &mut [u8]) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     debug_assert_eq!(bytes.len() % 3, 0);
