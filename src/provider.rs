@@ -61,11 +61,13 @@ pub struct Gateway {
     /// the tail together with the first `k` bytes of it, `k` making them a multiple of 3; the
     /// rest then encodes the same in every header, so it is encoded once.
     tails: [String; 3],
-    /// "Basic " and the base64 of the first `head_bytes` bytes of the first piece, the most a
-    /// multiple of 3 can take: they encode the same in every header, so they are encoded once.
+    /// "Basic " and the base64 of the first piece's bytes up to the last multiple of 3 of its
+    /// length: they encode the same in every header, so they are encoded once.
     /// (The first piece comes before any session id and the password: no secret is in it.)
     head: String,
-    head_bytes: usize,
+    /// The template's bytes between `head` and the last id (the rest of the first piece and
+    /// the pieces between ids): with the ids, what a header encodes per session.
+    between: usize,
 }
 
 impl Gateway {
@@ -80,13 +82,15 @@ impl Gateway {
         let tail = format!("{}:{password}", pieces[pieces.len() - 1]);
         let tails =
             [0, 1, 2].map(|k| STANDARD.encode(tail.as_bytes().get(k..).unwrap_or_default()));
+        let inner = &pieces[1..pieces.len() - 1];
+        let between = pieces[0].len() - head_bytes + inner.iter().map(String::len).sum::<usize>();
         Ok(Self {
             user,
             pieces,
             tail,
             tails,
             head,
-            head_bytes,
+            between,
         })
     }
 
@@ -115,7 +119,8 @@ impl Gateway {
 
     /// The length of `proxy_authorization(id)`.
     pub fn proxy_authorization_len(&self, id: &SessionId) -> usize {
-        BASIC.len() + self.pair_len(id).div_ceil(3) * 4
+        // `head` encodes a multiple of 3 bytes: the rest is encoded on its own.
+        self.head.len() + (self.middle_len(id) + self.tail.len()).div_ceil(3) * 4
     }
 
     /// Writes `proxy_authorization(id)` into `out`, which has exactly its length. The binding
@@ -124,11 +129,9 @@ impl Gateway {
         // Only the bytes from the end of `head` to the end of the last id change with the
         // session; they are encoded with the first `k` bytes of the tail, then the encoded rest
         // of the tail is copied. On the stack when they fit (they do for any usual template).
+        let middle = self.middle_len(id);
         let id = id.as_bytes();
         let inner = &self.pieces[1..self.pieces.len() - 1];
-        let middle = self.pieces[0].len() - self.head_bytes
-            + inner.iter().map(String::len).sum::<usize>()
-            + (inner.len() + 1) * id.len();
         let k = ((3 - middle % 3) % 3).min(self.tail.len());
         let len = middle + k;
         let mut stack = [0_u8; 64];
@@ -144,7 +147,8 @@ impl Gateway {
             varying[at..at + bytes.len()].copy_from_slice(bytes);
             at += bytes.len();
         };
-        put(&self.pieces[0].as_bytes()[self.head_bytes..]);
+        let first = self.pieces[0].as_bytes();
+        put(&first[first.len() / 3 * 3..]);
         for piece in inner {
             put(id);
             put(piece.as_bytes());
@@ -172,9 +176,9 @@ impl Gateway {
         text + (self.pieces.len() - 1) * id.as_bytes().len()
     }
 
-    /// Length of "username:password".
-    fn pair_len(&self, id: &SessionId) -> usize {
-        self.username_len(id) - self.pieces[self.pieces.len() - 1].len() + self.tail.len()
+    /// Length of the bytes from the end of `head` to the end of the last id.
+    fn middle_len(&self, id: &SessionId) -> usize {
+        self.between + (self.pieces.len() - 1) * id.as_bytes().len()
     }
 }
 
