@@ -9,7 +9,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use scrapy_hexproxy::clock::Clock;
 use scrapy_hexproxy::config::Settings;
-use scrapy_hexproxy::engine::Engine;
+use scrapy_hexproxy::engine::{Engine, Event};
 use scrapy_hexproxy::pool::Pool;
 use scrapy_hexproxy::retry::Cause;
 use scrapy_hexproxy::scope::HostBans;
@@ -100,10 +100,10 @@ fn engine_request(c: &mut Criterion) {
         let engine = engine(size);
         group.bench_function(BenchmarkId::from_parameter(size), |b| {
             b.iter(|| {
-                let index = engine.pick(&[]).unwrap();
+                let index = engine.pick(None, &[]).unwrap();
                 let id = engine.session(index).unwrap();
                 let header = engine.proxy_authorization(index).unwrap();
-                let flags = engine.record_status(index, 200).unwrap();
+                let flags = engine.record(index, None, Event::Status(200)).unwrap();
                 black_box((id.as_str().len(), header, flags, engine.may_retry(200)))
             })
         });

@@ -34,6 +34,25 @@ pub const PROXY_REJECTED: u32 = auth::PROXY_REJECTED;
 /// (`HEX_PROXY_ON_BLACKLIST = "rotate"`); its new number is the old one plus the pool size.
 pub const ROTATED: u32 = 16;
 
+/// What became of an attempt, as the engine counts it (the ledger, `ledger.rs`, maps every
+/// outcome to one of these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A response: a status in the failure codes is a failure, anything else a success.
+    Status(u16),
+    /// A response a ban policy judged: `ban` is a failure, anything else a success.
+    Judged { status: u16, ban: bool },
+    /// The attempt worked, its status unseen (a redirect handled above us).
+    Success,
+    /// A transport exception, by class name: a failure.
+    Exception(&'a str),
+    /// A ban policy's ban on an exception that is no transport failure, counted under `ban`.
+    Ban,
+    /// A CONNECT the proxy refused with this status: a failure counted under the status; a
+    /// 407 also counts against the credentials.
+    Refusal(u16),
+}
+
 #[derive(Debug)]
 pub struct Engine {
     config: Config,
@@ -136,15 +155,10 @@ impl Engine {
     /// A session for the next attempt, avoiding the slots in `exclude` (those that already
     /// failed this request) where possible: the number of the id it goes out on (the slot
     /// index unless ids rotate). `None` while every session is cooling, and for good once the
-    /// gateway has rejected the credentials (nothing more is to be sent with them).
-    pub fn pick(&self, exclude: &[u32]) -> Option<u64> {
-        self.pick_for(None, exclude)
-    }
-
-    /// As `pick`, for a request to `host`. Every `*_for` method takes the target host that
-    /// ban scope "domain" keeps records for (`None` is the empty host); session scope
-    /// ignores it.
-    pub fn pick_for(&self, host: Option<&str>, exclude: &[u32]) -> Option<u64> {
+    /// gateway has rejected the credentials (nothing more is to be sent with them). `host`:
+    /// the request's target host, which ban scope "domain" keeps records for (`None` is the
+    /// empty host); session scope ignores it, as every method taking a host does.
+    pub fn pick(&self, host: Option<&str>, exclude: &[u32]) -> Option<u64> {
         if self.auth_failed() {
             return None;
         }
@@ -185,37 +199,61 @@ impl Engine {
         Some(number)
     }
 
-    /// Counts a response: a status in the failure codes is a failure, anything else a success.
-    pub fn record_status(&self, number: u64, status: u16) -> Result<u32, Error> {
-        self.record_status_for(number, None, status)
+    /// Counts what became of an attempt on session `number` (as `pick` returned it), sent to
+    /// `host` (ban scope "domain" keeps records per target host; session scope ignores it).
+    /// Returns the flags: `FAILED`, `BLACKLISTED`, `ROTATED`, `AUTH_FAILED`, `PROXY_REJECTED`.
+    /// A failure on a session already cooling, or on an id its slot has left, counts in the
+    /// stats but blacklists nothing.
+    pub fn record(&self, number: u64, host: Option<&str>, event: Event<'_>) -> Result<u32, Error> {
+        let session = self.locate(number)?;
+        let failed = match event {
+            Event::Status(status) => {
+                let failed = self.config.failure_codes.contains(status);
+                return Ok(self.count_response(session, host, status, failed));
+            }
+            Event::Judged { status, ban } => {
+                return Ok(self.count_response(session, host, status, ban));
+            }
+            Event::Success => {
+                self.success(session, host);
+                self.auth.accepted(session.0);
+                return Ok(0);
+            }
+            Event::Exception(reason) => {
+                self.stats.exception_failure(reason);
+                self.failure(session, host)
+            }
+            Event::Ban => {
+                self.stats.ban();
+                self.failure(session, host)
+            }
+            Event::Refusal(status) => {
+                if (100..=599).contains(&status) {
+                    self.stats.status_failure(status);
+                } else {
+                    self.stats.exception_failure("TunnelError");
+                }
+                let flags = self.failure(session, host);
+                if status == 407 {
+                    return Ok(flags | FAILED | self.auth.rejected(session.0));
+                }
+                flags
+            }
+        };
+        Ok(failed | FAILED)
     }
 
-    pub fn record_status_for(
-        &self,
-        number: u64,
-        host: Option<&str>,
-        status: u16,
-    ) -> Result<u32, Error> {
-        let failed = self.config.failure_codes.contains(status);
-        self.record_response_for(number, host, status, failed)
-    }
-
-    /// Counts a response that a ban policy judged: `failed` (a ban) is a failure of the
+    /// A response: `failed` (a failure code, or a ban policy's ban) is a failure of the
     /// session, anything else a success. A ban on a status in the failure codes is counted
-    /// under the status, as without a policy; any other ban under `ban`. A 407 counts against
-    /// the credentials whatever the verdict: the policy judges the session, not the password.
-    pub fn record_response(&self, number: u64, status: u16, failed: bool) -> Result<u32, Error> {
-        self.record_response_for(number, None, status, failed)
-    }
-
-    pub fn record_response_for(
+    /// under the status, any other ban under `ban`. A 407 counts against the credentials
+    /// whatever the verdict: the policy judges the session, not the password.
+    fn count_response(
         &self,
-        number: u64,
+        session: (u32, u32),
         host: Option<&str>,
         status: u16,
         failed: bool,
-    ) -> Result<u32, Error> {
-        let session = self.locate(number)?;
+    ) -> u32 {
         let mut flags = if failed {
             if self.config.failure_codes.contains(status) {
                 self.stats.status_failure(status);
@@ -232,72 +270,7 @@ impl Engine {
         } else if !failed {
             self.auth.accepted(session.0);
         }
-        Ok(flags)
-    }
-
-    /// Counts an attempt that worked but whose status was not seen (a redirect handled above).
-    pub fn record_success(&self, number: u64) -> Result<(), Error> {
-        self.record_success_for(number, None)
-    }
-
-    pub fn record_success_for(&self, number: u64, host: Option<&str>) -> Result<(), Error> {
-        let session = self.locate(number)?;
-        self.success(session, host);
-        self.auth.accepted(session.0);
-        Ok(())
-    }
-
-    /// Counts a transport exception (`reason` is its class name) as a failure.
-    pub fn record_exception(&self, number: u64, reason: &str) -> Result<u32, Error> {
-        self.record_exception_for(number, None, reason)
-    }
-
-    pub fn record_exception_for(
-        &self,
-        number: u64,
-        host: Option<&str>,
-        reason: &str,
-    ) -> Result<u32, Error> {
-        let session = self.locate(number)?;
-        self.stats.exception_failure(reason);
-        Ok(self.failure(session, host) | FAILED)
-    }
-
-    /// Counts a ban the status and exception rules would not have seen (a ban policy's verdict
-    /// on an exception that is no transport failure), under `ban`.
-    pub fn record_ban(&self, number: u64) -> Result<u32, Error> {
-        self.record_ban_for(number, None)
-    }
-
-    pub fn record_ban_for(&self, number: u64, host: Option<&str>) -> Result<u32, Error> {
-        let session = self.locate(number)?;
-        self.stats.ban();
-        Ok(self.failure(session, host) | FAILED)
-    }
-
-    /// Counts a CONNECT the gateway refused with `status`: always a failure of the session,
-    /// counted under that status; a 407 also counts against the credentials.
-    pub fn record_refusal(&self, number: u64, status: u16) -> Result<u32, Error> {
-        self.record_refusal_for(number, None, status)
-    }
-
-    pub fn record_refusal_for(
-        &self,
-        number: u64,
-        host: Option<&str>,
-        status: u16,
-    ) -> Result<u32, Error> {
-        let session = self.locate(number)?;
-        if (100..=599).contains(&status) {
-            self.stats.status_failure(status);
-        } else {
-            self.stats.exception_failure("TunnelError");
-        }
-        let mut flags = self.failure(session, host) | FAILED;
-        if status == 407 {
-            flags |= self.auth.rejected(session.0);
-        }
-        Ok(flags)
+        flags
     }
 
     fn success(&self, (slot, generation): (u32, u32), host: Option<&str>) {
@@ -400,14 +373,9 @@ impl Engine {
         self.retry.may_retry(status)
     }
 
-    /// How long until a session is live: zero if one is live now.
-    pub fn next_live_in(&self) -> Duration {
-        self.next_live_in_for(None)
-    }
-
     /// How long until a session is live for `host` (domain scope; for any host in session
     /// scope): zero if one is live now.
-    pub fn next_live_in_for(&self, host: Option<&str>) -> Duration {
+    pub fn next_live_in(&self, host: Option<&str>) -> Duration {
         let mut state = self.state.lock();
         let now = self.clock.now_ns();
         match &mut state.hosts {
@@ -561,9 +529,12 @@ mod tests {
     fn failure_statuses_blacklist_after_max_failures_and_are_counted() {
         let engine = engine();
         for _ in 0..4 {
-            assert_eq!(engine.record_status(3, 429), Ok(FAILED));
+            assert_eq!(engine.record(3, None, Event::Status(429)), Ok(FAILED));
         }
-        assert_eq!(engine.record_status(3, 503), Ok(FAILED | BLACKLISTED));
+        assert_eq!(
+            engine.record(3, None, Event::Status(503)),
+            Ok(FAILED | BLACKLISTED)
+        );
         assert_eq!(stat(&engine, "hex_proxy/failure/429"), 4);
         assert_eq!(stat(&engine, "hex_proxy/failure/503"), 1);
         assert_eq!(stat(&engine, "hex_proxy/blacklisted"), 1);
@@ -576,7 +547,7 @@ mod tests {
         let engine = engine();
         for status in [403, 403, 403, 403, 404, 403, 403, 403, 403, 200] {
             let expected = if status == 403 { FAILED } else { 0 };
-            assert_eq!(engine.record_status(0, status), Ok(expected));
+            assert_eq!(engine.record(0, None, Event::Status(status)), Ok(expected));
         }
         assert_eq!(stat(&engine, "hex_proxy/failure/404"), 0);
     }
@@ -584,10 +555,13 @@ mod tests {
     #[test]
     fn a_success_without_status_resets_the_count() {
         let engine = engine_with(|s| s.max_failures = 2);
-        assert_eq!(engine.record_status(5, 503), Ok(FAILED));
-        assert_eq!(engine.record_success(5), Ok(()));
-        assert_eq!(engine.record_status(5, 503), Ok(FAILED));
-        assert_eq!(engine.record_status(5, 503), Ok(FAILED | BLACKLISTED));
+        assert_eq!(engine.record(5, None, Event::Status(503)), Ok(FAILED));
+        assert_eq!(engine.record(5, None, Event::Success).map(|_| ()), Ok(()));
+        assert_eq!(engine.record(5, None, Event::Status(503)), Ok(FAILED));
+        assert_eq!(
+            engine.record(5, None, Event::Status(503)),
+            Ok(FAILED | BLACKLISTED)
+        );
     }
 
     #[test]
@@ -596,8 +570,8 @@ mod tests {
             s.failure_codes = vec![503];
             s.auth_failures_to_close = 2;
         });
-        assert_eq!(engine.record_status(0, 407), Ok(0));
-        assert_eq!(engine.record_status(0, 407), Ok(AUTH_FAILED));
+        assert_eq!(engine.record(0, None, Event::Status(407)), Ok(0));
+        assert_eq!(engine.record(0, None, Event::Status(407)), Ok(AUTH_FAILED));
         assert_eq!(engine.counts(), (20, 0));
         assert_eq!(stat(&engine, "hex_proxy/failure/407"), 0);
     }
@@ -605,9 +579,12 @@ mod tests {
     #[test]
     fn exceptions_are_failures_named_by_class() {
         let engine = engine_with(|s| s.max_failures = 2);
-        assert_eq!(engine.record_exception(1, "TunnelError"), Ok(FAILED));
         assert_eq!(
-            engine.record_exception(1, "TimeoutError"),
+            engine.record(1, None, Event::Exception("TunnelError")),
+            Ok(FAILED)
+        );
+        assert_eq!(
+            engine.record(1, None, Event::Exception("TimeoutError")),
             Ok(FAILED | BLACKLISTED)
         );
         assert_eq!(stat(&engine, "hex_proxy/failure/TunnelError"), 1);
@@ -617,9 +594,15 @@ mod tests {
     #[test]
     fn failures_on_a_cooling_session_are_counted_but_do_not_blacklist_it_again() {
         let engine = engine_with(|s| s.max_failures = 1);
-        assert_eq!(engine.record_status(2, 429), Ok(FAILED | BLACKLISTED));
-        assert_eq!(engine.record_status(2, 429), Ok(FAILED));
-        assert_eq!(engine.record_exception(2, "TunnelError"), Ok(FAILED));
+        assert_eq!(
+            engine.record(2, None, Event::Status(429)),
+            Ok(FAILED | BLACKLISTED)
+        );
+        assert_eq!(engine.record(2, None, Event::Status(429)), Ok(FAILED));
+        assert_eq!(
+            engine.record(2, None, Event::Exception("TunnelError")),
+            Ok(FAILED)
+        );
         assert_eq!(stat(&engine, "hex_proxy/failure/429"), 2);
         assert_eq!(stat(&engine, "hex_proxy/blacklisted"), 1);
     }
@@ -631,34 +614,40 @@ mod tests {
             s.max_failures = 1;
             s.cooldown = 10.0;
         });
-        engine.record_status(0, 503).unwrap();
+        engine.record(0, None, Event::Status(503)).unwrap();
         engine.advance(Duration::from_secs(4)).unwrap();
-        engine.record_status(1, 503).unwrap();
-        assert_eq!(engine.pick(&[]), None);
-        assert_eq!(engine.next_live_in(), Duration::from_secs(6));
+        engine.record(1, None, Event::Status(503)).unwrap();
+        assert_eq!(engine.pick(None, &[]), None);
+        assert_eq!(engine.next_live_in(None), Duration::from_secs(6));
         assert_eq!(engine.next_back(), Some((0, Duration::from_secs(6))));
         engine.advance(Duration::from_secs(6)).unwrap();
         assert_eq!(engine.now(), Duration::from_secs(10));
-        assert_eq!(engine.next_live_in(), Duration::ZERO);
-        assert_eq!(engine.pick(&[0]), Some(0));
+        assert_eq!(engine.next_live_in(None), Duration::ZERO);
+        assert_eq!(engine.pick(None, &[0]), Some(0));
     }
 
     #[test]
     fn consecutive_407s_fail_auth_once() {
         let engine = engine_with(|s| s.max_failures = 100);
-        assert_eq!(engine.record_status(0, 407), Ok(FAILED));
-        assert_eq!(engine.record_status(1, 200), Ok(0));
-        assert_eq!(engine.record_status(0, 407), Ok(FAILED));
-        assert_eq!(engine.record_success(3), Ok(()));
-        assert_eq!(engine.record_status(0, 407), Ok(FAILED));
+        assert_eq!(engine.record(0, None, Event::Status(407)), Ok(FAILED));
+        assert_eq!(engine.record(1, None, Event::Status(200)), Ok(0));
+        assert_eq!(engine.record(0, None, Event::Status(407)), Ok(FAILED));
+        assert_eq!(engine.record(3, None, Event::Success).map(|_| ()), Ok(()));
+        assert_eq!(engine.record(0, None, Event::Status(407)), Ok(FAILED));
         // Other failures neither reset nor count.
-        assert_eq!(engine.record_status(2, 503), Ok(FAILED));
-        assert_eq!(engine.record_exception(2, "TunnelError"), Ok(FAILED));
-        assert_eq!(engine.record_status(0, 407), Ok(FAILED));
+        assert_eq!(engine.record(2, None, Event::Status(503)), Ok(FAILED));
+        assert_eq!(
+            engine.record(2, None, Event::Exception("TunnelError")),
+            Ok(FAILED)
+        );
+        assert_eq!(engine.record(0, None, Event::Status(407)), Ok(FAILED));
         assert!(!engine.auth_failed());
-        assert_eq!(engine.record_status(1, 407), Ok(FAILED | AUTH_FAILED));
+        assert_eq!(
+            engine.record(1, None, Event::Status(407)),
+            Ok(FAILED | AUTH_FAILED)
+        );
         assert!(engine.auth_failed());
-        assert_eq!(engine.record_status(1, 407), Ok(FAILED));
+        assert_eq!(engine.record(1, None, Event::Status(407)), Ok(FAILED));
     }
 
     #[test]
@@ -668,7 +657,7 @@ mod tests {
             s.auth_failures_to_close = 1;
         });
         assert_eq!(
-            engine.record_status(0, 407),
+            engine.record(0, None, Event::Status(407)),
             Ok(FAILED | BLACKLISTED | AUTH_FAILED)
         );
     }
@@ -676,10 +665,37 @@ mod tests {
     #[test]
     fn a_ban_verdict_is_a_failure_counted_under_ban_unless_its_status_is_a_failure_code() {
         let engine = engine_with(|s| s.max_failures = 3);
-        assert_eq!(engine.record_response(1, 200, true), Ok(FAILED));
-        assert_eq!(engine.record_response(1, 404, true), Ok(FAILED));
         assert_eq!(
-            engine.record_response(1, 503, true),
+            engine.record(
+                1,
+                None,
+                Event::Judged {
+                    status: 200,
+                    ban: true
+                }
+            ),
+            Ok(FAILED)
+        );
+        assert_eq!(
+            engine.record(
+                1,
+                None,
+                Event::Judged {
+                    status: 404,
+                    ban: true
+                }
+            ),
+            Ok(FAILED)
+        );
+        assert_eq!(
+            engine.record(
+                1,
+                None,
+                Event::Judged {
+                    status: 503,
+                    ban: true
+                }
+            ),
             Ok(FAILED | BLACKLISTED)
         );
         assert_eq!(stat(&engine, "hex_proxy/failure/ban"), 2);
@@ -691,12 +707,35 @@ mod tests {
     #[test]
     fn a_not_ban_verdict_is_a_success_even_on_a_failure_code() {
         let engine = engine_with(|s| s.max_failures = 2);
-        assert_eq!(engine.record_response(2, 503, false), Ok(0));
-        assert_eq!(engine.record_status(2, 503), Ok(FAILED));
+        assert_eq!(
+            engine.record(
+                2,
+                None,
+                Event::Judged {
+                    status: 503,
+                    ban: false
+                }
+            ),
+            Ok(0)
+        );
+        assert_eq!(engine.record(2, None, Event::Status(503)), Ok(FAILED));
         // The run of failures was reset by the 503 judged not a ban, then starts again.
-        assert_eq!(engine.record_response(2, 429, false), Ok(0));
-        assert_eq!(engine.record_status(2, 503), Ok(FAILED));
-        assert_eq!(engine.record_status(2, 503), Ok(FAILED | BLACKLISTED));
+        assert_eq!(
+            engine.record(
+                2,
+                None,
+                Event::Judged {
+                    status: 429,
+                    ban: false
+                }
+            ),
+            Ok(0)
+        );
+        assert_eq!(engine.record(2, None, Event::Status(503)), Ok(FAILED));
+        assert_eq!(
+            engine.record(2, None, Event::Status(503)),
+            Ok(FAILED | BLACKLISTED)
+        );
         assert_eq!(stat(&engine, "hex_proxy/failure/503"), 3);
         assert_eq!(stat(&engine, "hex_proxy/failure/429"), 0);
     }
@@ -707,36 +746,73 @@ mod tests {
             s.max_failures = 100;
             s.auth_failures_to_close = 2;
         });
-        assert_eq!(engine.record_response(0, 407, false), Ok(0));
         assert_eq!(
-            engine.record_response(0, 407, true),
+            engine.record(
+                0,
+                None,
+                Event::Judged {
+                    status: 407,
+                    ban: false
+                }
+            ),
+            Ok(0)
+        );
+        assert_eq!(
+            engine.record(
+                0,
+                None,
+                Event::Judged {
+                    status: 407,
+                    ban: true
+                }
+            ),
             Ok(FAILED | AUTH_FAILED)
         );
         // A ban on a 200 is no proof of the credentials either way: it neither counts nor resets.
         let engine = engine_with(|s| s.auth_failures_to_close = 2);
-        assert_eq!(engine.record_status(0, 407), Ok(FAILED));
-        assert_eq!(engine.record_response(1, 200, true), Ok(FAILED));
-        assert_eq!(engine.record_status(0, 407), Ok(FAILED | AUTH_FAILED));
+        assert_eq!(engine.record(0, None, Event::Status(407)), Ok(FAILED));
+        assert_eq!(
+            engine.record(
+                1,
+                None,
+                Event::Judged {
+                    status: 200,
+                    ban: true
+                }
+            ),
+            Ok(FAILED)
+        );
+        assert_eq!(
+            engine.record(0, None, Event::Status(407)),
+            Ok(FAILED | AUTH_FAILED)
+        );
     }
 
     #[test]
     fn a_ban_without_a_status_is_a_failure_counted_under_ban() {
         let engine = engine_with(|s| s.max_failures = 2);
-        assert_eq!(engine.record_ban(4), Ok(FAILED));
+        assert_eq!(engine.record(4, None, Event::Ban), Ok(FAILED));
         assert_eq!(
-            engine.record_exception(4, "TunnelError"),
+            engine.record(4, None, Event::Exception("TunnelError")),
             Ok(FAILED | BLACKLISTED)
         );
         assert_eq!(stat(&engine, "hex_proxy/failure/ban"), 1);
         assert_eq!(
-            engine.record_ban(20),
+            engine.record(20, None, Event::Ban),
             Err(Error::IndexOutOfRange {
                 index: 20,
                 pool_size: 20
             })
         );
         assert_eq!(
-            engine.record_response(20, 200, true),
+            engine.record(
+                20,
+                None,
+                Event::Judged {
+                    status: 200,
+                    ban: true
+                }
+            ),
             Err(Error::IndexOutOfRange {
                 index: 20,
                 pool_size: 20
@@ -751,20 +827,26 @@ mod tests {
             s.max_failures = 2;
             s.auth_failures_to_close = 2;
         });
-        assert_eq!(engine.record_refusal(4, 403), Ok(FAILED));
-        assert_eq!(engine.record_refusal(4, 999), Ok(FAILED | BLACKLISTED));
+        assert_eq!(engine.record(4, None, Event::Refusal(403)), Ok(FAILED));
+        assert_eq!(
+            engine.record(4, None, Event::Refusal(999)),
+            Ok(FAILED | BLACKLISTED)
+        );
         assert_eq!(stat(&engine, "hex_proxy/failure/403"), 1);
         assert_eq!(stat(&engine, "hex_proxy/failure/TunnelError"), 1);
-        assert_eq!(engine.record_refusal(5, 407), Ok(FAILED));
-        assert_eq!(engine.record_refusal(6, 407), Ok(FAILED | AUTH_FAILED));
+        assert_eq!(engine.record(5, None, Event::Refusal(407)), Ok(FAILED));
+        assert_eq!(
+            engine.record(6, None, Event::Refusal(407)),
+            Ok(FAILED | AUTH_FAILED)
+        );
     }
 
     #[test]
     fn no_session_is_handed_out_once_the_credentials_are_rejected() {
         let engine = engine_with(|s| s.auth_failures_to_close = 1);
-        assert!(engine.pick(&[]).is_some());
-        engine.record_status(0, 407).unwrap();
-        assert_eq!(engine.pick(&[]), None);
+        assert!(engine.pick(None, &[]).is_some());
+        engine.record(0, None, Event::Status(407)).unwrap();
+        assert_eq!(engine.pick(None, &[]), None);
     }
 
     #[test]
@@ -786,7 +868,7 @@ mod tests {
             engine.decide_retry(Cause::Status(407), 0, None),
             Decision::Retry
         );
-        engine.record_status(0, 407).unwrap();
+        engine.record(0, None, Event::Status(407)).unwrap();
         assert_eq!(
             engine.decide_retry(Cause::Status(407), 0, None),
             Decision::Pass
@@ -864,14 +946,17 @@ mod tests {
             out_of_range.clone().map(Some)
         );
         assert_eq!(
-            engine.record_status(20, 200),
+            engine.record(20, None, Event::Status(200)),
             out_of_range.clone().map(|_| 0)
         );
         assert_eq!(
-            engine.record_exception(20, "X"),
+            engine.record(20, None, Event::Exception("X")),
             out_of_range.clone().map(|_| 0)
         );
-        assert_eq!(engine.record_success(20), out_of_range.map(|_| ()));
+        assert_eq!(
+            engine.record(20, None, Event::Success).map(|_| ()),
+            out_of_range.map(|_| ())
+        );
     }
 
     fn list_engine(entries: &[&str], auth_failures_to_close: i64) -> Engine {
@@ -901,19 +986,22 @@ mod tests {
     #[test]
     fn a_407_rejects_one_listed_proxy_and_the_crawl_stops_only_when_all_are() {
         let engine = list_engine(&["http://a:pw@h:1", "http://b:pw@h:1"], 2);
-        assert_eq!(engine.record_status(0, 407), Ok(FAILED));
+        assert_eq!(engine.record(0, None, Event::Status(407)), Ok(FAILED));
         // The other proxy's success does not clear proxy 0's record.
-        assert_eq!(engine.record_status(1, 200), Ok(0));
-        assert_eq!(engine.record_status(0, 407), Ok(FAILED | PROXY_REJECTED));
-        assert!(!engine.auth_failed());
-        assert!(engine.pick(&[]).is_some());
-        assert_eq!(engine.record_refusal(1, 407), Ok(FAILED));
+        assert_eq!(engine.record(1, None, Event::Status(200)), Ok(0));
         assert_eq!(
-            engine.record_refusal(1, 407),
+            engine.record(0, None, Event::Status(407)),
+            Ok(FAILED | PROXY_REJECTED)
+        );
+        assert!(!engine.auth_failed());
+        assert!(engine.pick(None, &[]).is_some());
+        assert_eq!(engine.record(1, None, Event::Refusal(407)), Ok(FAILED));
+        assert_eq!(
+            engine.record(1, None, Event::Refusal(407)),
             Ok(FAILED | PROXY_REJECTED | AUTH_FAILED)
         );
         assert!(engine.auth_failed());
-        assert_eq!(engine.pick(&[]), None);
+        assert_eq!(engine.pick(None, &[]), None);
     }
 
     #[test]
@@ -924,8 +1012,11 @@ mod tests {
             settings.max_failures = 1;
             settings.on_blacklist = "rotate".into();
             let engine = Engine::new(settings.validate().unwrap(), Clock::manual(), None);
-            assert_eq!(engine.record_status(2, 503).unwrap() & ROTATED, ROTATED);
-            let number = engine.pick(&[0, 1, 3]).unwrap();
+            assert_eq!(
+                engine.record(2, None, Event::Status(503)).unwrap() & ROTATED,
+                ROTATED
+            );
+            let number = engine.pick(None, &[0, 1, 3]).unwrap();
             assert_eq!(engine.slot(number), Ok(2));
             assert!(number >= 2 * 4, "past the pool and the seeded numbering");
             assert_eq!(
@@ -966,19 +1057,19 @@ mod tests {
             s.pool_size = 4;
             s.max_failures = 3;
         });
-        assert_eq!(engine.record_status(2, 503), Ok(FAILED));
-        assert_eq!(engine.record_status(2, 503), Ok(FAILED));
+        assert_eq!(engine.record(2, None, Event::Status(503)), Ok(FAILED));
+        assert_eq!(engine.record(2, None, Event::Status(503)), Ok(FAILED));
         assert_eq!(
-            engine.record_status(2, 503),
+            engine.record(2, None, Event::Status(503)),
             Ok(FAILED | BLACKLISTED | ROTATED)
         );
         assert_eq!(engine.counts(), (4, 0));
-        assert_eq!(engine.next_live_in(), Duration::ZERO);
+        assert_eq!(engine.next_live_in(None), Duration::ZERO);
         // Slot 2 goes on as s006 (2 + 1 * 4) with a clean run.
-        assert_eq!(engine.pick(&[0, 1, 3]), Some(6));
+        assert_eq!(engine.pick(None, &[0, 1, 3]), Some(6));
         assert_eq!(engine.session_id(6).unwrap(), "s006");
         assert_eq!(engine.slot(6), Ok(2));
-        assert_eq!(engine.record_status(6, 503), Ok(FAILED));
+        assert_eq!(engine.record(6, None, Event::Status(503)), Ok(FAILED));
         assert_eq!(stat(&engine, "hex_proxy/blacklisted"), 1);
         assert_eq!(stat(&engine, "hex_proxy/rotated"), 1);
         assert_eq!(stat(&engine, "hex_proxy/sessions/live"), 4);
@@ -992,12 +1083,12 @@ mod tests {
         });
         let mut ids: HashSet<String> = (0..5).map(|n| engine.session_id(n).unwrap()).collect();
         for _ in 0..5_000 {
-            let number = engine.pick(&[]).expect("never short of a session");
+            let number = engine.pick(None, &[]).expect("never short of a session");
             if number >= 5 {
                 // Handed out for the first time right after the rotation that made it.
                 assert!(ids.contains(&engine.session_id(number).unwrap()));
             }
-            let flags = engine.record_status(number, 503).unwrap();
+            let flags = engine.record(number, None, Event::Status(503)).unwrap();
             assert_eq!(flags, FAILED | BLACKLISTED | ROTATED);
             let next = engine.successor(number).unwrap().as_str().to_owned();
             assert!(ids.insert(next.clone()), "{next} was used before");
@@ -1013,23 +1104,23 @@ mod tests {
             s.pool_size = 1;
             s.max_failures = 2;
         });
-        let in_flight: Vec<u64> = (0..4).map(|_| engine.pick(&[]).unwrap()).collect();
+        let in_flight: Vec<u64> = (0..4).map(|_| engine.pick(None, &[]).unwrap()).collect();
         assert_eq!(in_flight, [0, 0, 0, 0]);
-        assert_eq!(engine.record_status(0, 503), Ok(FAILED));
+        assert_eq!(engine.record(0, None, Event::Status(503)), Ok(FAILED));
         assert_eq!(
-            engine.record_exception(0, "TimeoutError"),
+            engine.record(0, None, Event::Exception("TimeoutError")),
             Ok(FAILED | BLACKLISTED | ROTATED)
         );
         // s000 is retired: its late failure is counted, but not against s001.
-        assert_eq!(engine.record_status(0, 429), Ok(FAILED));
-        let new = engine.pick(&[]).unwrap();
+        assert_eq!(engine.record(0, None, Event::Status(429)), Ok(FAILED));
+        let new = engine.pick(None, &[]).unwrap();
         assert_eq!(engine.session_id(new).unwrap(), "s001");
-        assert_eq!(engine.record_status(new, 503), Ok(FAILED));
+        assert_eq!(engine.record(new, None, Event::Status(503)), Ok(FAILED));
         // Nor does its late success clear s001's run.
-        assert_eq!(engine.record_success(0), Ok(()));
-        assert_eq!(engine.record_status(0, 200), Ok(0));
+        assert_eq!(engine.record(0, None, Event::Success).map(|_| ()), Ok(()));
+        assert_eq!(engine.record(0, None, Event::Status(200)), Ok(0));
         assert_eq!(
-            engine.record_status(new, 503),
+            engine.record(new, None, Event::Status(503)),
             Ok(FAILED | BLACKLISTED | ROTATED)
         );
         assert_eq!(stat(&engine, "hex_proxy/failure/503"), 3);
@@ -1046,7 +1137,7 @@ mod tests {
         });
         let mut uses: HashMap<u64, u32> = HashMap::new();
         for _ in 0..100 {
-            *uses.entry(engine.pick(&[]).unwrap()).or_default() += 1;
+            *uses.entry(engine.pick(None, &[]).unwrap()).or_default() += 1;
         }
         assert!(uses.values().all(|&n| n <= 4), "{uses:?}");
         // Every id but the current one of each slot was used up.
@@ -1063,15 +1154,15 @@ mod tests {
             s.session_max_age = 10.0;
         });
         engine.advance(Duration::from_secs(5)).unwrap();
-        assert_eq!(engine.pick(&[]), Some(0)); // first use at 5 s
+        assert_eq!(engine.pick(None, &[]), Some(0)); // first use at 5 s
         engine.advance(Duration::from_millis(9_999)).unwrap();
-        assert_eq!(engine.pick(&[]), Some(0));
+        assert_eq!(engine.pick(None, &[]), Some(0));
         engine.advance(Duration::from_millis(1)).unwrap();
-        assert_eq!(engine.pick(&[]), Some(1));
+        assert_eq!(engine.pick(None, &[]), Some(1));
         assert_eq!(stat(&engine, "hex_proxy/rotated"), 1);
         // Not picked for a long while: rotated once, at its next pick.
         engine.advance(Duration::from_secs(1000)).unwrap();
-        assert_eq!(engine.pick(&[]), Some(2));
+        assert_eq!(engine.pick(None, &[]), Some(2));
         assert_eq!(stat(&engine, "hex_proxy/rotated"), 2);
     }
 
@@ -1082,14 +1173,20 @@ mod tests {
             s.max_failures = 2;
             s.session_max_uses = 2;
         });
-        let (a, b) = (engine.pick(&[]).unwrap(), engine.pick(&[]).unwrap());
-        let c = engine.pick(&[]).unwrap();
+        let (a, b) = (
+            engine.pick(None, &[]).unwrap(),
+            engine.pick(None, &[]).unwrap(),
+        );
+        let c = engine.pick(None, &[]).unwrap();
         assert_eq!((a, b, c), (0, 0, 1));
-        assert_eq!(engine.record_status(a, 503), Ok(FAILED));
-        assert_eq!(engine.record_status(b, 503), Ok(FAILED));
+        assert_eq!(engine.record(a, None, Event::Status(503)), Ok(FAILED));
+        assert_eq!(engine.record(b, None, Event::Status(503)), Ok(FAILED));
         assert_eq!(engine.counts(), (1, 0));
-        assert_eq!(engine.record_status(c, 503), Ok(FAILED));
-        assert_eq!(engine.record_status(c, 503), Ok(FAILED | BLACKLISTED));
+        assert_eq!(engine.record(c, None, Event::Status(503)), Ok(FAILED));
+        assert_eq!(
+            engine.record(c, None, Event::Status(503)),
+            Ok(FAILED | BLACKLISTED)
+        );
         assert_eq!(engine.counts(), (0, 1));
         // The cooling session is named by the id it cools as.
         assert_eq!(engine.next_back(), Some((1, Duration::from_secs(300))));
@@ -1105,7 +1202,7 @@ mod tests {
         }
         let plain = engine_with(|s| s.pool_size = 4);
         assert_eq!(plain.session_id(4), error(4));
-        assert_eq!(plain.record_status(6, 200), error(6));
+        assert_eq!(plain.record(6, None, Event::Status(200)), error(6));
         let rotating = rotating(|s| s.pool_size = 4);
         assert_eq!(rotating.session_id(6).unwrap(), "s006");
         let last = 3 + u64::from(u32::MAX) * 4;
@@ -1127,20 +1224,23 @@ mod tests {
     fn domain_scope_blacklists_per_host_and_counts_session_host_pairs() {
         let engine = domain_engine(4);
         let a = Some("a.test");
-        assert_eq!(engine.record_status_for(1, a, 403), Ok(FAILED));
+        assert_eq!(engine.record(1, a, Event::Status(403)), Ok(FAILED));
         assert_eq!(
-            engine.record_exception_for(1, a, "TunnelError"),
+            engine.record(1, a, Event::Exception("TunnelError")),
             Ok(FAILED | BLACKLISTED)
         );
-        assert_eq!(engine.record_refusal_for(2, a, 503), Ok(FAILED));
-        assert_eq!(engine.record_success_for(2, a), Ok(()));
-        assert_eq!(engine.record_status_for(2, a, 503), Ok(FAILED));
-        assert_eq!(engine.record_status_for(1, Some("b.test"), 200), Ok(0));
-        assert_eq!(engine.record_status_for(1, Some("b.test"), 429), Ok(FAILED));
+        assert_eq!(engine.record(2, a, Event::Refusal(503)), Ok(FAILED));
+        assert_eq!(engine.record(2, a, Event::Success).map(|_| ()), Ok(()));
+        assert_eq!(engine.record(2, a, Event::Status(503)), Ok(FAILED));
+        assert_eq!(engine.record(1, Some("b.test"), Event::Status(200)), Ok(0));
+        assert_eq!(
+            engine.record(1, Some("b.test"), Event::Status(429)),
+            Ok(FAILED)
+        );
         for _ in 0..100 {
-            assert_ne!(engine.pick_for(a, &[]), Some(1));
+            assert_ne!(engine.pick(a, &[]), Some(1));
         }
-        assert!((0..100).any(|_| engine.pick_for(Some("b.test"), &[]) == Some(1)));
+        assert!((0..100).any(|_| engine.pick(Some("b.test"), &[]) == Some(1)));
         assert_eq!(engine.counts(), (3, 1));
         assert_eq!(stat(&engine, "hex_proxy/blacklisted"), 1);
         assert_eq!(stat(&engine, "hex_proxy/sessions/live"), 3);
@@ -1158,16 +1258,56 @@ mod tests {
     fn domain_scope_holds_a_ban_verdict_against_the_host_it_came_from() {
         let engine = domain_engine(4);
         let (a, b) = (Some("a.test"), Some("b.test"));
-        assert_eq!(engine.record_response_for(1, a, 200, true), Ok(FAILED));
-        assert_eq!(engine.record_ban_for(1, a), Ok(FAILED | BLACKLISTED));
+        assert_eq!(
+            engine.record(
+                1,
+                a,
+                Event::Judged {
+                    status: 200,
+                    ban: true
+                }
+            ),
+            Ok(FAILED)
+        );
+        assert_eq!(engine.record(1, a, Event::Ban), Ok(FAILED | BLACKLISTED));
         // Judged not a ban, a 503 clears the run on its host like any success.
-        assert_eq!(engine.record_response_for(1, b, 503, true), Ok(FAILED));
-        assert_eq!(engine.record_response_for(1, b, 503, false), Ok(0));
-        assert_eq!(engine.record_response_for(1, b, 503, true), Ok(FAILED));
+        assert_eq!(
+            engine.record(
+                1,
+                b,
+                Event::Judged {
+                    status: 503,
+                    ban: true
+                }
+            ),
+            Ok(FAILED)
+        );
+        assert_eq!(
+            engine.record(
+                1,
+                b,
+                Event::Judged {
+                    status: 503,
+                    ban: false
+                }
+            ),
+            Ok(0)
+        );
+        assert_eq!(
+            engine.record(
+                1,
+                b,
+                Event::Judged {
+                    status: 503,
+                    ban: true
+                }
+            ),
+            Ok(FAILED)
+        );
         for _ in 0..100 {
-            assert_ne!(engine.pick_for(a, &[]), Some(1));
+            assert_ne!(engine.pick(a, &[]), Some(1));
         }
-        assert!((0..100).any(|_| engine.pick_for(b, &[]) == Some(1)));
+        assert!((0..100).any(|_| engine.pick(b, &[]) == Some(1)));
         assert_eq!(stat(&engine, "hex_proxy/failure/ban"), 2);
         assert_eq!(stat(&engine, "hex_proxy/failure/503"), 2);
     }
@@ -1175,7 +1315,9 @@ mod tests {
     #[test]
     fn session_scope_shows_no_host_stats() {
         let engine = engine();
-        engine.record_status_for(1, Some("a.test"), 200).unwrap();
+        engine
+            .record(1, Some("a.test"), Event::Status(200))
+            .unwrap();
         assert!(engine.state.lock().hosts.is_none());
         assert!(engine
             .stats_snapshot()
@@ -1188,16 +1330,16 @@ mod tests {
         let engine = domain_engine(2);
         let a = Some("a.test");
         for index in [0, 1] {
-            engine.record_status_for(index, a, 503).unwrap();
-            engine.record_status_for(index, a, 503).unwrap();
+            engine.record(index, a, Event::Status(503)).unwrap();
+            engine.record(index, a, Event::Status(503)).unwrap();
             engine.advance(Duration::from_secs(3)).unwrap();
         }
-        assert_eq!(engine.pick_for(a, &[]), None);
-        assert!(engine.pick_for(Some("b.test"), &[]).is_some());
-        assert_eq!(engine.next_live_in_for(a), Duration::from_secs(4));
-        assert_eq!(engine.next_live_in_for(Some("b.test")), Duration::ZERO);
+        assert_eq!(engine.pick(a, &[]), None);
+        assert!(engine.pick(Some("b.test"), &[]).is_some());
+        assert_eq!(engine.next_live_in(a), Duration::from_secs(4));
+        assert_eq!(engine.next_live_in(Some("b.test")), Duration::ZERO);
         engine.advance(Duration::from_secs(4)).unwrap();
-        assert_eq!(engine.pick_for(a, &[1]), Some(0));
+        assert_eq!(engine.pick(a, &[1]), Some(0));
     }
 
     #[test]
@@ -1212,12 +1354,14 @@ mod tests {
                 scope.spawn(move || {
                     for round in 0..ROUNDS {
                         let host = ["a.test", "b.test", "c.test"][(round % 3) as usize];
-                        let Some(index) = engine.pick_for(Some(host), &[]) else {
+                        let Some(index) = engine.pick(Some(host), &[]) else {
                             engine.advance(Duration::from_millis(100)).unwrap();
                             continue;
                         };
                         let status = if (round + thread) % 2 == 0 { 503 } else { 200 };
-                        let flags = engine.record_status_for(index, Some(host), status).unwrap();
+                        let flags = engine
+                            .record(index, Some(host), Event::Status(status))
+                            .unwrap();
                         blacklisted.fetch_add(u64::from(flags & BLACKLISTED), Ordering::Relaxed);
                     }
                 });
@@ -1239,29 +1383,38 @@ mod tests {
             s.session_max_uses = 2;
         });
         let a = Some("a.test");
-        assert_eq!(engine.pick_for(a, &[]), Some(0));
-        assert_eq!(engine.record_status_for(0, a, 503), Ok(FAILED));
+        assert_eq!(engine.pick(a, &[]), Some(0));
+        assert_eq!(engine.record(0, a, Event::Status(503)), Ok(FAILED));
         assert_eq!(
-            engine.record_status_for(0, a, 503),
+            engine.record(0, a, Event::Status(503)),
             Ok(FAILED | BLACKLISTED)
         );
-        assert_eq!(engine.record_status_for(0, Some("b.test"), 503), Ok(FAILED));
-        assert_eq!(engine.pick_for(a, &[]), None);
-        assert_eq!(engine.pick_for(Some("b.test"), &[]), Some(0));
+        assert_eq!(
+            engine.record(0, Some("b.test"), Event::Status(503)),
+            Ok(FAILED)
+        );
+        assert_eq!(engine.pick(a, &[]), None);
+        assert_eq!(engine.pick(Some("b.test"), &[]), Some(0));
         // Its second use is up: the next pick rotates the slot to id 1 ("s001"), which no host
         // has seen: a.test's ban and b.test's run belong to the old id.
         assert!(!engine.take_released());
-        assert_eq!(engine.pick_for(Some("c.test"), &[]), Some(1));
+        assert_eq!(engine.pick(Some("c.test"), &[]), Some(1));
         assert_eq!(stat(&engine, "hex_proxy/rotated"), 1);
         // That ended a.test's ban early: whoever waits for a.test is to be woken, once.
         assert!(engine.take_released());
         assert!(!engine.take_released());
         assert_eq!(engine.counts(), (1, 0));
         assert_eq!(stat(&engine, "hex_proxy/hosts/tracked"), 0);
-        assert_eq!(engine.pick_for(a, &[]), Some(1));
+        assert_eq!(engine.pick(a, &[]), Some(1));
         // A late failure of the old id touches nothing.
-        assert_eq!(engine.record_status_for(0, Some("b.test"), 503), Ok(FAILED));
-        assert_eq!(engine.record_status_for(1, Some("b.test"), 503), Ok(FAILED));
+        assert_eq!(
+            engine.record(0, Some("b.test"), Event::Status(503)),
+            Ok(FAILED)
+        );
+        assert_eq!(
+            engine.record(1, Some("b.test"), Event::Status(503)),
+            Ok(FAILED)
+        );
         assert_eq!(engine.counts(), (1, 0));
     }
 
@@ -1270,8 +1423,12 @@ mod tests {
         let engine = domain_engine(3);
         assert_eq!(engine.next_back(), None);
         for (index, host) in [(2, "a.test"), (1, "b.test")] {
-            engine.record_status_for(index, Some(host), 503).unwrap();
-            engine.record_status_for(index, Some(host), 503).unwrap();
+            engine
+                .record(index, Some(host), Event::Status(503))
+                .unwrap();
+            engine
+                .record(index, Some(host), Event::Status(503))
+                .unwrap();
             engine.advance(Duration::from_secs(3)).unwrap();
         }
         assert_eq!(engine.next_back(), Some((2, Duration::from_secs(4))));
@@ -1294,12 +1451,12 @@ mod tests {
                 let (engine, blacklisted, failures) = (&engine, &blacklisted, &failures);
                 scope.spawn(move || {
                     for round in 0..ROUNDS {
-                        let Some(index) = engine.pick(&[]) else {
+                        let Some(index) = engine.pick(None, &[]) else {
                             engine.advance(Duration::from_millis(100)).unwrap();
                             continue;
                         };
                         let status = if (round + thread) % 3 == 0 { 503 } else { 200 };
-                        let flags = engine.record_status(index, status).unwrap();
+                        let flags = engine.record(index, None, Event::Status(status)).unwrap();
                         failures.fetch_add(u64::from(status == 503), Ordering::Relaxed);
                         blacklisted.fetch_add(u64::from(flags & BLACKLISTED), Ordering::Relaxed);
                     }
