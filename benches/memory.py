@@ -44,7 +44,7 @@ def child(size: int) -> dict[str, float]:
     build_s = time.perf_counter() - start
     built = resident_bytes()
     for index in range(size):
-        core.record_status(index, 503)
+        core.record(index, status=503)
     assert core.cooling_count == size and core.live_count == 0
     cooling = resident_bytes()
     return {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod identity;
+pub mod ledger;
 pub mod pool;
 pub mod provider;
 pub mod retry;
@@ -17,11 +18,7 @@ pub mod slot_tree;
 pub mod stats;
 
 #[cfg(feature = "python")]
-mod binding;
-#[cfg(feature = "python")]
-mod hooks;
-#[cfg(feature = "python")]
-mod slots;
+mod python;
 
 /// Native core of scrapy_hexproxy: the session pool, retry policy and stats.
 #[cfg(feature = "python")]
@@ -30,24 +27,24 @@ mod _core {
     use pyo3::prelude::*;
 
     #[pymodule_export]
-    use crate::binding::Core;
+    use crate::python::core::{attempt_of, Core};
     #[pymodule_export]
-    use crate::hooks::{ProxyHooks, RetryHooks};
+    use crate::python::hooks::{HookState, ProxyHooks, RetryHooks};
 
     #[pymodule_export]
-    const ATTEMPT_KEY: &str = crate::hooks::ATTEMPT;
+    const ATTEMPT_KEY: &str = crate::python::attempt::ATTEMPT;
     #[pymodule_export]
-    const FAILED_KEY: &str = crate::hooks::FAILED;
+    const FAILED_KEY: &str = crate::python::attempt::FAILED;
     #[pymodule_export]
-    const SESSION_KEY: &str = crate::hooks::SESSION;
+    const SESSION_KEY: &str = crate::python::attempt::SESSION;
     #[pymodule_export]
-    const BAN_KEY: &str = crate::hooks::BAN;
+    const BAN_KEY: &str = crate::python::attempt::BAN;
     #[pymodule_export]
-    const SWITCH_KEY: &str = crate::hooks::SWITCH;
+    const SWITCH_KEY: &str = crate::python::attempt::SWITCH;
     #[pymodule_export]
     const DEFAULT_USERNAME_TEMPLATE: &str = crate::provider::DEFAULT_TEMPLATE;
     #[pymodule_export]
-    const NOT_BEFORE_KEY: &str = crate::hooks::NOT_BEFORE;
+    const NOT_BEFORE_KEY: &str = crate::python::attempt::NOT_BEFORE;
 
     #[pymodule_export]
     const BLACKLISTED: u32 = crate::engine::BLACKLISTED;
@@ -59,12 +56,6 @@ mod _core {
     const PROXY_REJECTED: u32 = crate::engine::PROXY_REJECTED;
     #[pymodule_export]
     const ROTATED: u32 = crate::engine::ROTATED;
-    #[pymodule_export]
-    const PASS: u32 = crate::retry::Decision::Pass as u32;
-    #[pymodule_export]
-    const RETRY: u32 = crate::retry::Decision::Retry as u32;
-    #[pymodule_export]
-    const GIVE_UP: u32 = crate::retry::Decision::GiveUp as u32;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -400,6 +400,20 @@ impl Proxy {
         self.header.as_deref()
     }
 
+    /// The URL with the credentials in it, percent-encoded (`scheme://user:password@host:port`),
+    /// for Scrapy's HttpProxyMiddleware to make the header of; `None` without credentials.
+    pub fn url_with_credentials(&self) -> Option<String> {
+        let encoded = self.header.as_deref()?.strip_prefix("Basic ")?;
+        let pair = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
+        let (user, password) = pair.split_once(':')?;
+        let (scheme, hostport) = self.url.split_once("://")?;
+        Some(format!(
+            "{scheme}://{}:{}@{hostport}",
+            percent_encode(user),
+            percent_encode(password)
+        ))
+    }
+
     /// Where the entry came from: `"HEX_PROXY_LIST entry 3"`.
     pub fn source(&self) -> &str {
         &self.source
@@ -464,6 +478,19 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), EntryProblem> {
 }
 
 /// `%XX` to the byte; anything else as it is; invalid UTF-8 replaced (Python's `unquote`).
+/// RFC 3986 userinfo: every byte but the unreserved ones percent-encoded.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -703,6 +730,25 @@ mod tests {
         assert_eq!(
             provider.proxy_authorization(0, &SessionId::new(0)),
             Some(basic("alice:pa@ss"))
+        );
+    }
+
+    #[test]
+    fn credentials_go_back_into_the_url_percent_encoded() {
+        let list = ProxyList::parse(&[(
+            "HEX_PROXY_LIST entry 1".into(),
+            "http://us%20er:p%40ss:w@127.0.0.1:8001".into(),
+        )])
+        .unwrap();
+        let proxy = list.get(0);
+        assert_eq!(
+            proxy.url_with_credentials().as_deref(),
+            Some("http://us%20er:p%40ss%3Aw@127.0.0.1:8001")
+        );
+        assert_eq!(
+            percent_decode("us%20er:p%40ss%3Aw"),
+            "us er:p@ss:w",
+            "what Scrapy decodes it back to"
         );
     }
 

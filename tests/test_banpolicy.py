@@ -29,7 +29,7 @@ from scrapy_hexproxy import (
     HexProxyMiddleware,
     SmartRetryMiddleware,
 )
-from scrapy_hexproxy._runtime import attempt_of
+from scrapy_hexproxy._core import attempt_of
 from scrapy_hexproxy.testing import Behavior, Gateway
 
 from .conftest import GUIDE_WIRING, runtime_of, urls

@@ -39,13 +39,13 @@ def test_one_core_driven_from_8_threads_accounts_for_every_pick_success_and_fail
                 assert index is not None and index != n
                 picked[n][index] += 1
                 if (i + n) % 5 == 0:
-                    core.record_status(index, 503)
+                    core.record(index, status=503)
                     failures[n] += 1
                 elif i % 7 == 0:
-                    core.record_exception(index, "OSError")
+                    core.record(index, reason="OSError")
                     failures[n] += 1
                 else:
-                    core.record_status(index, 200)
+                    core.record(index, status=200)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

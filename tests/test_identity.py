@@ -19,7 +19,7 @@ from scrapy import Request
 from scrapy.http import Response
 
 from scrapy_hexproxy import HexProxyConfigError, HexProxyMiddleware, SmartRetryMiddleware
-from scrapy_hexproxy._runtime import attempt_of
+from scrapy_hexproxy._core import attempt_of
 from scrapy_hexproxy.testing import Behavior, Gateway, advance_clock
 
 from .conftest import CrawlResult, runtime_of, urls, when_requests_wait

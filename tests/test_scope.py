@@ -13,7 +13,7 @@ from scrapy import Request
 from scrapy.http import Response
 
 from scrapy_hexproxy import HexProxyConfigError, HexProxyMiddleware, SmartRetryMiddleware
-from scrapy_hexproxy._runtime import attempt_of
+from scrapy_hexproxy._core import attempt_of
 from scrapy_hexproxy.testing import Behavior, advance_clock
 
 from .conftest import runtime_of, urls, when

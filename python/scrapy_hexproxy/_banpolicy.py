@@ -60,9 +60,9 @@ class BanPolicy:
         error."""
         transport = self.transport_exceptions
         if not transport:  # a policy used outside a crawl
-            from ._runtime import _transport_exceptions
+            from ._scrapy import transport_exceptions
 
-            transport = _transport_exceptions()
+            transport = transport_exceptions()
         return isinstance(exception, transport)
 
 

@@ -33,6 +33,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from . import _core
+from ._scrapy import engine_open
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -73,18 +74,6 @@ def retry_after_seconds(response: Response) -> float | None:
     if now is None:
         now = time.time()
     return max(0.0, when - now)
-
-
-def _engine_open(engine: Any) -> bool:
-    """False while the engine is closing the spider: a retry let go then would be lost in the
-    scheduler's queue uncounted, so it stays parked and is counted as dropped at close. The
-    engine's slot is private (``slot`` on Scrapy 2.11, ``_slot`` on later ones); if neither is
-    there, assume open."""
-    for name in ("_slot", "slot"):
-        if hasattr(engine, name):
-            slot = getattr(engine, name)
-            return slot is not None and getattr(slot, "closing", None) is None
-    return True
 
 
 class Pacer:
@@ -167,7 +156,9 @@ class Pacer:
             engine = getattr(self._crawler, "engine", None)
         except RuntimeError:  # Scrapy >= 2.14 raises before the crawl starts
             engine = None
-        releasable = engine is not None and _engine_open(engine)
+        # Not while the engine is closing the spider: a retry let go then would be lost in the
+        # scheduler's queue uncounted, so it stays parked and is counted as dropped at close.
+        releasable = engine is not None and engine_open(engine)
         if releasable:
             while self._parked and self._parked[0][0] <= now:
                 due.append(heapq.heappop(self._parked)[2])

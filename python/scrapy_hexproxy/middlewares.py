@@ -1,9 +1,10 @@
 """The two downloader middlewares. They speak Scrapy; the decisions are the Rust core's.
 
-The hooks Scrapy calls for every request and response (``process_request``, ``process_response``)
-are inherited from the core (``_core.ProxyHooks``, ``_core.RetryHooks``) so that the per-request
-path runs no Python frame; they call back into the methods here and into the runtime for the
-rare cases (a failure, a retry, a wait for a session).
+The hooks Scrapy calls for every request, response and download exception
+(``process_request``, ``process_response``, ``process_exception``) are inherited from the core
+(``_core.ProxyHooks``, ``_core.RetryHooks``) so that the per-request path runs no Python
+frame; they call back into ``_retry`` here and into the runtime for what must be Python (a log
+line, the stop, a retry request to build, a wait for a session).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import TYPE_CHECKING
 from scrapy.exceptions import NotConfigured
 
 from . import _core
-from ._runtime import Runtime, _listing, switched_off
+from ._runtime import Runtime, _listing
+from ._scrapy import component_priorities
 from ._settings import HexProxyConfigError, is_enabled
 
 if TYPE_CHECKING:
-    from scrapy import Request, Spider
+    from scrapy import Request
     from scrapy.crawler import Crawler
     from scrapy.http import Response
     from typing_extensions import Self
@@ -37,7 +39,7 @@ def _runtime(crawler: Crawler) -> Runtime:
 class HexProxyMiddleware(_core.ProxyHooks):
     """Gives every download attempt a sticky gateway session and tracks each session's health.
 
-    ``process_request`` and ``process_response`` come from the core.
+    ``process_request``, ``process_response`` and ``process_exception`` come from the core.
     """
 
     def __init__(self, runtime: Runtime) -> None:
@@ -61,21 +63,16 @@ class HexProxyMiddleware(_core.ProxyHooks):
             _check_ban_policy_order(crawler)
         return cls(runtime)
 
-    def process_exception(
-        self, request: Request, exception: Exception, spider: Spider | None = None
-    ) -> None:
-        self._runtime.settle_exception(request, exception)
-
 
 class SmartRetryMiddleware(_core.RetryHooks):
     """Retries failed requests on a different session.
 
-    ``process_response`` comes from the core; it calls ``_retry`` for a status it may retry.
+    ``process_response`` and ``process_exception`` come from the core, which settles the
+    attempt and decides; for a retry (or a request out of retries) it calls ``_retry``.
     """
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._core = runtime.core
         self._priority_adjust = runtime.settings.retry_priority_adjust
 
     @classmethod
@@ -90,32 +87,19 @@ class SmartRetryMiddleware(_core.RetryHooks):
             )
         return cls(runtime)
 
-    def process_exception(
-        self, request: Request, exception: Exception, spider: Spider | None = None
-    ) -> Request | None:
-        runtime = self._runtime
-        if not runtime.settle_exception(request, exception, decides=True):
-            return None
-        if request.meta.get("dont_retry", False) or switched_off(request.meta):
-            return None
-        # A CONNECT refused for bad credentials is a 407 like any other.
-        status = runtime.tunnel_status(exception)
-        status = 407 if status == 407 else None
-        return self._retry(request, status, f"{type(exception).__name__}: {exception}")
-
     def _retry(
         self,
         request: Request,
-        status: int | None,
+        give_up: bool,
         reason: str,
-        response: Response | None = None,
+        status: int | None,
+        response: Response | None,
     ) -> Request | None:
+        """The core decided to retry ``request`` (or that it is out of retries, ``give_up``):
+        the copy to schedule, or None. ``status``: what the decision went by, for pacing."""
         meta = request.meta
         retry_times = meta.get("retry_times", 0)
-        decision = self._core.decide_retry(status, retry_times, meta.get("max_retry_times"))
-        if decision == _core.PASS:
-            return None
-        if decision == _core.GIVE_UP:
+        if give_up:
             logger.error(
                 "Gave up retrying %(request)s (failed %(times)d times): %(reason)s",
                 {"request": request, "times": retry_times + 1, "reason": reason},
@@ -170,10 +154,8 @@ def _downloader_middlewares(crawler: Crawler) -> list[type]:
     from scrapy.utils.conf import build_component_list
     from scrapy.utils.misc import load_object
 
-    settings = crawler.settings
-    getter = getattr(settings, "get_component_priority_dict_with_base", settings.getwithbase)
     found = []
-    for component in build_component_list(getter("DOWNLOADER_MIDDLEWARES")):
+    for component in build_component_list(component_priorities(crawler, "DOWNLOADER_MIDDLEWARES")):
         cls = load_object(component) if isinstance(component, str) else component
         if isinstance(cls, type):
             found.append(cls)

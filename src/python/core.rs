@@ -9,9 +9,9 @@ use pyo3::types::{PyDict, PyString};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::engine::Engine;
+use crate::engine::Event;
 use crate::error::Error;
 use crate::provider::{Entry, Proxy, DEFAULT_TEMPLATE};
-use crate::retry::Cause;
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> Self {
@@ -111,11 +111,11 @@ impl Core {
     }
 
     // `host`: the request's target host, which ban scope "domain" keeps records for (here
-    // and in every `record_*`); session scope ignores it.
+    // and in `record`, `next_live_in`); session scope ignores it.
     #[pyo3(signature = (exclude = None, host = None))]
     fn pick(&self, exclude: Option<Vec<u32>>, host: Option<&str>) -> Option<u64> {
         self.engine
-            .pick_for(host, exclude.as_deref().unwrap_or_default())
+            .pick(host, exclude.as_deref().unwrap_or_default())
     }
 
     fn session_id(&self, number: i64) -> PyResult<String> {
@@ -134,67 +134,26 @@ impl Core {
         Ok(self.engine.slot(self.number(number)?)?)
     }
 
-    #[pyo3(signature = (number, status, host = None))]
-    fn record_status(&self, number: i64, status: u16, host: Option<&str>) -> PyResult<u32> {
-        Ok(self
-            .engine
-            .record_status_for(self.number(number)?, host, status)?)
-    }
-
-    #[pyo3(signature = (number, status, failed, host = None))]
-    fn record_response(
+    /// Counts an outcome on session `number` directly (tests, benchmarks): a response's
+    /// `status`, or a transport exception named `reason`.
+    #[pyo3(signature = (number, *, status = None, reason = None, host = None))]
+    fn record(
         &self,
         number: i64,
-        status: u16,
-        failed: bool,
+        status: Option<u16>,
+        reason: Option<&str>,
         host: Option<&str>,
     ) -> PyResult<u32> {
-        Ok(self
-            .engine
-            .record_response_for(self.number(number)?, host, status, failed)?)
-    }
-
-    #[pyo3(signature = (number, host = None))]
-    fn record_ban(&self, number: i64, host: Option<&str>) -> PyResult<u32> {
-        Ok(self.engine.record_ban_for(self.number(number)?, host)?)
-    }
-
-    #[pyo3(signature = (number, host = None))]
-    fn record_success(&self, number: i64, host: Option<&str>) -> PyResult<()> {
-        Ok(self.engine.record_success_for(self.number(number)?, host)?)
-    }
-
-    #[pyo3(signature = (number, reason, host = None))]
-    fn record_exception(&self, number: i64, reason: &str, host: Option<&str>) -> PyResult<u32> {
-        Ok(self
-            .engine
-            .record_exception_for(self.number(number)?, host, reason)?)
-    }
-
-    #[pyo3(signature = (number, status, host = None))]
-    fn record_refusal(&self, number: i64, status: u16, host: Option<&str>) -> PyResult<u32> {
-        Ok(self
-            .engine
-            .record_refusal_for(self.number(number)?, host, status)?)
+        let event = match (status, reason) {
+            (Some(status), None) => Event::Status(status),
+            (None, Some(reason)) => Event::Exception(reason),
+            _ => return Err(PyValueError::new_err("record takes a status or a reason")),
+        };
+        Ok(self.engine.record(self.number(number)?, host, event)?)
     }
 
     fn take_released(&self) -> bool {
         self.engine.take_released()
-    }
-
-    // `status=None` stands for a transport exception.
-    #[pyo3(signature = (status, retry_times, max_retry_times = None))]
-    fn decide_retry(
-        &self,
-        status: Option<u16>,
-        retry_times: i64,
-        max_retry_times: Option<i64>,
-    ) -> u32 {
-        let cause = status.map_or(Cause::Exception, Cause::Status);
-        // Meta values are user data: a negative maximum means no retries, as in Scrapy.
-        let clamp = |n: i64| n.clamp(0, u32::MAX.into()) as u32;
-        self.engine
-            .decide_retry(cause, clamp(retry_times), max_retry_times.map(clamp)) as u32
     }
 
     // `retry_times` is the new copy's (1 for the first retry).
@@ -210,7 +169,7 @@ impl Core {
 
     #[pyo3(signature = (host = None))]
     fn next_live_in(&self, host: Option<&str>) -> f64 {
-        self.engine.next_live_in_for(host).as_secs_f64()
+        self.engine.next_live_in(host).as_secs_f64()
     }
 
     /// `(session id, seconds)` of the cooling session that comes back first.
@@ -336,4 +295,11 @@ impl Core {
             pool_size: self.pool_size(),
         })
     }
+}
+
+/// `(number, retry_times, host)` of an attempt token (`meta["_hex_attempt"]`).
+#[pyfunction]
+pub fn attempt_of(token: &Bound<'_, PyAny>) -> PyResult<(u64, u32, Option<String>)> {
+    let attempt = crate::python::attempt::attempt_of(token)?;
+    Ok((attempt.number, attempt.retry_times, attempt.host))
 }

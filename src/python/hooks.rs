@@ -1,0 +1,541 @@
+//! The hooks Scrapy calls on every request, response and download exception, in Rust so that
+//! the per-request path runs no Python frame of ours. They read the outcome off Scrapy's
+//! objects (through the wall, `scrapy.rs`), hand it to the ledger (`ledger.rs`), which settles
+//! and decides, and act on the decision. The public middlewares (`middlewares.py`) subclass
+//! these; what must be Python is called back on the runtime, which the subclass keeps in
+//! `self._runtime`: a WARNING or the stop (`report`), a retry request to build (`_retry`), a
+//! wait for a session (`wait_and_assign`, `wait_until_due`), the user's ban policy. Kept
+//! there, not here, the garbage collector sees the references (the runtime refers back to the
+//! crawler, which refers to the middlewares).
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyString, PyTuple};
+
+use crate::engine::{AUTH_FAILED, BLACKLISTED, PROXY_REJECTED, ROTATED};
+use crate::ledger::{Ledger, Outcome, Role, Settled, Settlement, Verdict, Why};
+use crate::retry::Decision;
+use crate::scope::{host_of, BanScope};
+
+use super::attempt::{
+    self, switched_off, take_flag, MetaRecord, ATTEMPT, BAN, FAILED, NOT_BEFORE, SESSION,
+};
+use super::core::Core;
+use super::identity::{self, UserAgents};
+use super::route::{self, Route};
+use super::scrapy::Scrapy;
+
+/// The flags the runtime acts on (a WARNING, an ERROR, the stop); `FAILED` is the ledger's.
+const REPORTED: u32 = BLACKLISTED | ROTATED | PROXY_REJECTED | AUTH_FAILED;
+
+/// What both hook classes of a crawl share, made once by the runtime (`runtime.hooks`): the
+/// core, the route, the wall, and the switches `assign` reads. Nothing here refers back to
+/// Python objects that could form a cycle.
+#[pyclass(frozen, module = "scrapy_hexproxy._core")]
+pub struct HookState {
+    core: Py<Core>,
+    route: Route,
+    scrapy: Scrapy,
+    /// `Proxy-Authorization`, as `Headers` normalises it.
+    header_name: Py<PyBytes>,
+    /// Retry pacing is on: a request may carry a time before which it must not be sent.
+    paced: bool,
+    /// `HEX_PROXY_BIND_COOKIEJAR`: each session id is its own cookie jar.
+    bind_cookiejar: bool,
+    /// `HEX_PROXY_USER_AGENTS`, if set.
+    user_agents: Option<UserAgents>,
+    /// Ban scope "domain": attempts are picked for, and settled against, their target host.
+    domain: bool,
+    /// Whether a ban policy judges each settled attempt (`HEX_PROXY_BAN_POLICY`). The policy
+    /// itself stays with the runtime, where the garbage collector sees it.
+    ban_policy: bool,
+}
+
+#[pymethods]
+impl HookState {
+    /// Reads the runtime's `core`, `probes`, `proxy_url`, `bind_cookiejar`, `user_agents`,
+    /// `default_user_agent` and `ban_policy`.
+    #[new]
+    fn new(runtime: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let py = runtime.py();
+        let core = runtime.getattr("core")?.cast_into::<Core>()?;
+        let engine = core.get().engine();
+        let scrapy = Scrapy::new(&runtime.getattr("probes")?)?;
+        let bind_cookiejar: bool = runtime.getattr("bind_cookiejar")?.extract()?;
+        Ok(Self {
+            paced: engine.paced(),
+            domain: engine.ban_scope() == BanScope::Domain,
+            route: Route::new(
+                py,
+                engine,
+                &scrapy,
+                &runtime.getattr("proxy_url")?,
+                bind_cookiejar,
+            )?,
+            scrapy,
+            header_name: PyBytes::new(py, b"Proxy-Authorization").unbind(),
+            bind_cookiejar,
+            user_agents: UserAgents::new(runtime)?,
+            ban_policy: !runtime.getattr("ban_policy")?.is_none(),
+            core: core.unbind(),
+        })
+    }
+}
+
+impl HookState {
+    /// The request's target host in ban scope "domain"; `None` in session scope, which reads
+    /// nothing.
+    fn target_host(&self, request: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+        if !self.domain {
+            return Ok(None);
+        }
+        let url = request.getattr(intern!(request.py(), "url"))?;
+        Ok(Some(
+            host_of(&url.cast::<PyString>()?.to_cow()?).into_owned(),
+        ))
+    }
+
+    /// Sends this attempt through session `number` (as the engine's pick returns it): the
+    /// proxy and session in meta, the session's credentials in the `Proxy-Authorization`
+    /// header (none for a listed proxy without credentials); when switched on, its cookie jar
+    /// and its User-Agent; the attempt's token. `host`: the target host (domain scope).
+    fn assign(
+        &self,
+        py: Python<'_>,
+        request: &Bound<'_, PyAny>,
+        meta: &Bound<'_, PyDict>,
+        number: u64,
+        host: Option<&str>,
+    ) -> PyResult<()> {
+        let engine = self.core.get().engine();
+        let retry_times = meta.get_item(intern!(py, "retry_times"))?;
+        let sent = self.route.sent(py, engine, number)?;
+        let mut header = sent.header;
+        if self.route.is_list() {
+            let key = self.scrapy.auth_proxy_key(py);
+            if !route::note_auth_proxy(meta, key, &sent.url, header.is_some())? {
+                // Not this proxy's header: the previous attempt's proxy's, if any.
+                self.scrapy
+                    .headers(request)?
+                    .remove(self.header_name.bind(py))?;
+                header = None;
+            }
+        }
+        meta.set_item(intern!(py, "proxy"), &sent.url)?;
+        if self.bind_cookiejar {
+            identity::bind_cookiejar(meta, &sent.id)?;
+        }
+        meta.set_item(intern!(py, SESSION), &sent.id)?;
+        meta.set_item(
+            intern!(py, ATTEMPT),
+            attempt::token(py, number, retry_times, host)?,
+        )?;
+        if header.is_none() && self.user_agents.is_none() {
+            return Ok(());
+        }
+        let headers = self.scrapy.headers(request)?;
+        if let Some(header) = header {
+            headers.set(self.header_name.bind(py), &header)?;
+        }
+        if let Some(user_agents) = &self.user_agents {
+            user_agents.present(&headers, py, number)?;
+        }
+        Ok(())
+    }
+
+    /// A request switched off (`meta["hex_proxy"] = False`) that an earlier attempt of ours
+    /// went out on (a copy): count that attempt if its outcome never reached us, and take off
+    /// what `assign` put on it (session, our proxy URL, the credentials header, a cookie jar
+    /// and User-Agent of ours, our private keys), so it goes out as if we had never seen it.
+    fn leave_alone(
+        &self,
+        owner: &Bound<'_, PyAny>,
+        request: &Bound<'_, PyAny>,
+        meta: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
+        let py = owner.py();
+        self.settle_unobserved(owner, request, meta)?;
+        if self.bind_cookiejar {
+            identity::unbind_cookiejar(meta)?;
+        }
+        for key in [
+            intern!(py, SESSION),
+            intern!(py, FAILED),
+            intern!(py, BAN),
+            intern!(py, NOT_BEFORE),
+        ] {
+            take_flag(meta, key)?;
+        }
+        let proxy = intern!(py, "proxy");
+        if let Some(url) = meta.get_item(proxy)? {
+            if self.route.is_ours(&url)? {
+                meta.del_item(proxy)?;
+            }
+        }
+        let headers = self.scrapy.headers(request)?;
+        headers.remove(self.header_name.bind(py))?;
+        if let Some(user_agents) = &self.user_agents {
+            user_agents.remove(&headers, py)?;
+        }
+        Ok(())
+    }
+
+    /// The previous attempt's outcome never reached us (a middleware above ours returned a
+    /// new request, or the request came back from an earlier crawl): settle it now.
+    fn settle_unobserved(
+        &self,
+        owner: &Bound<'_, PyAny>,
+        request: &Bound<'_, PyAny>,
+        meta: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
+        let ledger = Ledger::new(self.core.get().engine());
+        let settled = ledger.settle_unobserved(&mut MetaRecord { meta })?;
+        report(owner, request, settled.as_ref())
+    }
+
+    /// Settles the outcome that `read` reads (only if needed) and decides, asking the ban
+    /// policy through `judge` (its runtime method, with `arg` the response or exception).
+    fn settle<'a>(
+        &self,
+        owner: &Bound<'_, PyAny>,
+        request: &Bound<'_, PyAny>,
+        meta: &Bound<'_, PyDict>,
+        read: impl FnOnce() -> PyResult<Outcome<'a>>,
+        role: Role,
+        judge: (&'static str, &Bound<'_, PyAny>),
+    ) -> PyResult<Settlement<'a, PyErr>> {
+        let ledger = Ledger::new(self.core.get().engine());
+        let mut record = MetaRecord { meta };
+        let (method, arg) = judge;
+        let mut policy = || verdict(owner, method, request, arg);
+        let judge: Option<&mut dyn FnMut() -> Verdict<PyErr>> = if self.ban_policy {
+            Some(&mut policy)
+        } else {
+            None
+        };
+        let settlement = ledger.settle(&mut record, read, role, judge)?;
+        report(owner, request, settlement.settled.as_ref())?;
+        Ok(settlement)
+    }
+
+    fn response_outcome(&self, response: &Bound<'_, PyAny>) -> PyResult<Outcome<'static>> {
+        Ok(Outcome::Response {
+            status: self.scrapy.status(response)?,
+            cached: self.scrapy.cached(response)?,
+        })
+    }
+}
+
+/// The runtime acts on what the engine flagged: a WARNING for a blacklisted session, an ERROR
+/// for a proxy or gateway that rejected the credentials, the stop.
+fn report(
+    owner: &Bound<'_, PyAny>,
+    request: &Bound<'_, PyAny>,
+    settled: Option<&Settled>,
+) -> PyResult<()> {
+    let Some(settled) = settled.filter(|settled| settled.flags & REPORTED != 0) else {
+        return Ok(());
+    };
+    let py = owner.py();
+    runtime_of(owner)?.call_method1(
+        intern!(py, "report"),
+        (
+            request,
+            settled.number,
+            settled.flags,
+            settled.host.as_deref(),
+        ),
+    )?;
+    Ok(())
+}
+
+/// The ban policy's verdict: `None` (the default rules) or a bool; anything else is the
+/// policy's programming error, raised as the runtime's TypeError naming the setting and the
+/// method.
+fn verdict(
+    owner: &Bound<'_, PyAny>,
+    method: &'static str,
+    request: &Bound<'_, PyAny>,
+    arg: &Bound<'_, PyAny>,
+) -> Verdict<PyErr> {
+    let runtime = runtime_of(owner)?;
+    let answer = runtime
+        .getattr(PyString::intern(owner.py(), method))?
+        .call1((request, arg))?;
+    if answer.is_none() {
+        return Ok(None);
+    }
+    if let Ok(ban) = answer.cast::<PyBool>() {
+        return Ok(Some(ban.is_true()));
+    }
+    let error = runtime.call_method1(intern!(owner.py(), "bad_verdict"), (method, answer))?;
+    Err(PyErr::from_value(error))
+}
+
+fn runtime_of<'py>(owner: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    owner.getattr(intern!(owner.py(), "_runtime"))
+}
+
+/// The state a hook class reads: the runtime's.
+fn state_of(runtime: &Bound<'_, PyAny>) -> PyResult<Py<HookState>> {
+    Ok(runtime
+        .getattr(intern!(runtime.py(), "hooks"))?
+        .cast_into::<HookState>()?
+        .unbind())
+}
+
+/// What an exception is to the ledger; `name` keeps the class name it borrows.
+fn exception_outcome<'a>(
+    state: &HookState,
+    exception: &Bound<'_, PyAny>,
+    name: &'a mut String,
+) -> PyResult<Outcome<'a>> {
+    Ok(match state.scrapy.transport_failure(exception)? {
+        None => Outcome::Error,
+        Some((class, refused)) => {
+            *name = class;
+            Outcome::Transport { name, refused }
+        }
+    })
+}
+
+/// The per-request hooks of `HexProxyMiddleware`.
+#[pyclass(subclass, frozen, module = "scrapy_hexproxy._core")]
+pub struct ProxyHooks {
+    state: Py<HookState>,
+}
+
+#[pymethods]
+impl ProxyHooks {
+    /// Takes the runtime; further arguments are left to a subclass's `__init__`.
+    #[new]
+    #[pyo3(signature = (runtime, *_args, **_kwargs))]
+    fn new(
+        runtime: &Bound<'_, PyAny>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            state: state_of(runtime)?,
+        })
+    }
+
+    /// Gives the attempt a session; when none is live, returns the coroutine that waits for one.
+    #[pyo3(signature = (request, spider = None))]
+    fn process_request<'py>(
+        slf: &Bound<'py, Self>,
+        request: &Bound<'py, PyAny>,
+        spider: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let _ = spider;
+        let py = slf.py();
+        let state = slf.get().state.get();
+        let owner = slf.as_any();
+        let meta = state.scrapy.meta(request)?;
+        if switched_off(&meta)? {
+            // Left alone; only what an earlier attempt of ours put on it is taken off.
+            if meta.contains(intern!(py, SESSION))? || meta.contains(intern!(py, ATTEMPT))? {
+                state.leave_alone(owner, request, &meta)?;
+            }
+            return Ok(None);
+        }
+        if meta.contains(intern!(py, ATTEMPT))? {
+            state.settle_unobserved(owner, request, &meta)?;
+        }
+        if state.ban_policy {
+            // A verdict no retry middleware took (HexProxy alone, or a redirect in between)
+            // belongs to the attempt before.
+            take_flag(&meta, intern!(py, BAN))?;
+        }
+        // A paced retry normally waits out of the downloader and arrives here due, without the
+        // key (the runtime's request_scheduled handler); one that bypassed the scheduler
+        // (`engine.download()`) still has it and waits here.
+        if state.paced && meta.contains(intern!(py, NOT_BEFORE))? {
+            return Ok(Some(
+                runtime_of(owner)?.call_method1(intern!(py, "wait_until_due"), (request, slf))?,
+            ));
+        }
+        let engine = state.core.get().engine();
+        let host = state.target_host(request)?;
+        let host = host.as_deref();
+        let picked = match meta.get_item(intern!(py, FAILED))? {
+            None => engine.pick(host, &[]),
+            Some(failed) => engine.pick(host, &failed.extract::<Vec<u32>>()?),
+        };
+        match picked {
+            Some(number) => {
+                state.assign(py, request, &meta, number, host)?;
+                // Domain scope: this pick gave a slot a new id and so ended a ban early; the
+                // requests waiting for that host may go.
+                if state.domain && engine.take_released() {
+                    runtime_of(owner)?.call_method0(intern!(py, "wake"))?;
+                }
+                Ok(None)
+            }
+            // Every session is cooling (for this host, in domain scope), or the credentials
+            // were rejected.
+            None => {
+                let runtime = runtime_of(owner)?;
+                let wait = intern!(py, "wait_and_assign");
+                let assign = slf.getattr(intern!(py, "assign"))?;
+                Ok(Some(match host {
+                    None => runtime.call_method1(wait, (request, assign))?,
+                    Some(host) => runtime.call_method1(wait, (request, assign, host))?,
+                }))
+            }
+        }
+    }
+
+    #[pyo3(signature = (request, response, spider = None))]
+    fn process_response<'py>(
+        slf: &Bound<'py, Self>,
+        request: &Bound<'py, PyAny>,
+        response: Bound<'py, PyAny>,
+        spider: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = spider;
+        let state = slf.get().state.get();
+        let meta = state.scrapy.meta(request)?;
+        let read = || state.response_outcome(&response);
+        let judge = ("response_is_ban", &response);
+        let settlement = state.settle(slf.as_any(), request, &meta, read, Role::Proxy, judge)?;
+        if let Some(error) = settlement.policy_error {
+            return Err(error);
+        }
+        Ok(response)
+    }
+
+    #[pyo3(signature = (request, exception, spider = None))]
+    fn process_exception(
+        slf: &Bound<'_, Self>,
+        request: &Bound<'_, PyAny>,
+        exception: &Bound<'_, PyAny>,
+        spider: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let _ = spider;
+        let state = slf.get().state.get();
+        let meta = state.scrapy.meta(request)?;
+        let mut name = String::new();
+        let outcome = exception_outcome(state, exception, &mut name)?;
+        let judge = ("exception_is_ban", exception);
+        let settlement = state.settle(
+            slf.as_any(),
+            request,
+            &meta,
+            || Ok(outcome),
+            Role::Proxy,
+            judge,
+        )?;
+        match settlement.policy_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the attempt through session `number` (the runtime calls this once a wait ends).
+    fn assign(&self, py: Python<'_>, request: &Bound<'_, PyAny>, number: u64) -> PyResult<()> {
+        let state = self.state.get();
+        let host = state.target_host(request)?;
+        let meta = state.scrapy.meta(request)?;
+        state.assign(py, request, &meta, number, host.as_deref())
+    }
+}
+
+/// The per-response and per-exception hooks of `SmartRetryMiddleware`; the subclass builds
+/// the retries (`_retry`).
+#[pyclass(subclass, frozen, module = "scrapy_hexproxy._core")]
+pub struct RetryHooks {
+    state: Py<HookState>,
+}
+
+#[pymethods]
+impl RetryHooks {
+    /// Takes the runtime; further arguments are left to a subclass's `__init__`.
+    #[new]
+    #[pyo3(signature = (runtime, *_args, **_kwargs))]
+    fn new(
+        runtime: &Bound<'_, PyAny>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            state: state_of(runtime)?,
+        })
+    }
+
+    #[pyo3(signature = (request, response, spider = None))]
+    fn process_response<'py>(
+        slf: &Bound<'py, Self>,
+        request: &Bound<'py, PyAny>,
+        response: Bound<'py, PyAny>,
+        spider: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = spider;
+        let state = slf.get().state.get();
+        let meta = state.scrapy.meta(request)?;
+        let read = || state.response_outcome(&response);
+        let judge = ("response_is_ban", &response);
+        let settlement = state.settle(slf.as_any(), request, &meta, read, Role::Retry, judge)?;
+        if let Some(error) = settlement.policy_error {
+            return Err(error);
+        }
+        let retry = retry(slf.as_any(), request, &settlement, None, Some(&response))?;
+        Ok(retry.unwrap_or(response))
+    }
+
+    #[pyo3(signature = (request, exception, spider = None))]
+    fn process_exception<'py>(
+        slf: &Bound<'py, Self>,
+        request: &Bound<'py, PyAny>,
+        exception: &Bound<'py, PyAny>,
+        spider: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let _ = spider;
+        let state = slf.get().state.get();
+        let meta = state.scrapy.meta(request)?;
+        let mut name = String::new();
+        let outcome = exception_outcome(state, exception, &mut name)?;
+        let judge = ("exception_is_ban", exception);
+        let settlement = state.settle(
+            slf.as_any(),
+            request,
+            &meta,
+            || Ok(outcome),
+            Role::Retry,
+            judge,
+        )?;
+        if let Some(error) = settlement.policy_error {
+            return Err(error);
+        }
+        retry(slf.as_any(), request, &settlement, Some(exception), None)
+    }
+}
+
+/// Acts on the retry decision: `_retry` builds the copy (or logs that the request is out of
+/// retries); `None` hands the response or exception on.
+fn retry<'py>(
+    owner: &Bound<'py, PyAny>,
+    request: &Bound<'py, PyAny>,
+    settlement: &Settlement<'_, PyErr>,
+    exception: Option<&Bound<'py, PyAny>>,
+    response: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let Some(why) = settlement.why else {
+        return Ok(None);
+    };
+    let py = owner.py();
+    let reason = match (why, exception) {
+        (Why::Status(status), _) => status.to_string(),
+        (Why::Ban(Some(status)), None) => format!("ban ({status})"),
+        (_, Some(exception)) => {
+            format!("{}: {}", exception.get_type().name()?, exception.str()?)
+        }
+        (Why::Ban(None) | Why::Transport(_), None) => "ban".to_owned(),
+    };
+    let give_up = settlement.retry == Decision::GiveUp;
+    let retry = owner.call_method1(
+        intern!(py, "_retry"),
+        (request, give_up, reason, settlement.status, response),
+    )?;
+    Ok((!retry.is_none()).then_some(retry))
+}
