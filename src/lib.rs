@@ -13,6 +13,7 @@ pub mod provider;
 pub mod retry;
 pub mod scope;
 pub mod session;
+pub mod settings;
 pub mod slot_tree;
 pub mod stats;
 
