@@ -22,6 +22,8 @@ mod binding;
 #[cfg(feature = "python")]
 mod hooks;
 #[cfg(feature = "python")]
+mod settings_binding;
+#[cfg(feature = "python")]
 mod slots;
 
 /// Native core of scrapy_hexproxy: the session pool, retry policy and stats.
@@ -34,6 +36,8 @@ mod _core {
     use crate::binding::Core;
     #[pymodule_export]
     use crate::hooks::{ProxyHooks, RetryHooks};
+    #[pymodule_export]
+    use crate::settings_binding::PySetting;
 
     #[pymodule_export]
     const ATTEMPT_KEY: &str = crate::hooks::ATTEMPT;
@@ -69,6 +73,7 @@ mod _core {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        m.add("__version__", env!("CARGO_PKG_VERSION"))
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add("SETTINGS", crate::settings_binding::table(m.py())?)
     }
 }
