@@ -5,12 +5,10 @@ use std::time::Duration;
 use crate::backoff::Backoff;
 use crate::error::ConfigError;
 use crate::identity::OnBlacklist;
-use crate::pool::MAX_FAILURES;
 use crate::provider::{Entry, Gateway, Provider, ProxyList};
 use crate::scope::BanScope;
+use crate::settings as setting;
 
-const MAX_POOL_SIZE: i64 = 10_000_000;
-const MAX_RETRIES: i64 = 1000;
 const FIRST_STATUS: u16 = 100;
 const LAST_STATUS: u16 = 599;
 
@@ -83,57 +81,28 @@ impl Settings {
             None => Provider::Gateway(self.gateway()?),
             Some(entries) => Provider::List(ProxyList::parse(entries)?),
         };
-        let unbounded = i64::from(u32::MAX);
         let config = Config {
             // A list's proxies are its sessions.
             pool_size: match &provider {
-                Provider::Gateway(_) => in_range(
-                    "HEX_PROXY_SESSION_POOL_SIZE",
-                    self.pool_size,
-                    1,
-                    MAX_POOL_SIZE,
-                )?,
+                Provider::Gateway(_) => setting::POOL_SIZE.check_u32(self.pool_size)?,
                 Provider::List(list) => list.len(),
             },
-            max_failures: in_range(
-                "HEX_PROXY_MAX_FAILURES",
-                self.max_failures,
-                1,
-                MAX_FAILURES.into(),
-            )?,
-            cooldown: Duration::try_from_secs_f64(self.cooldown)
-                .map_err(|_| ConfigError::Cooldown(self.cooldown))?,
-            max_retries: in_range("HEX_PROXY_MAX_RETRIES", self.max_retries, 0, MAX_RETRIES)?,
-            retry_codes: StatusSet::from_codes("HEX_PROXY_RETRY_CODES", &self.retry_codes)?,
-            failure_codes: StatusSet::from_codes("HEX_PROXY_FAILURE_CODES", &self.failure_codes)?,
-            auth_failures_to_close: in_range(
-                "HEX_PROXY_AUTH_FAILURES_TO_CLOSE",
-                self.auth_failures_to_close,
-                1,
-                unbounded,
-            )?,
+            max_failures: setting::MAX_FAILURES_SETTING.check_u32(self.max_failures)?,
+            cooldown: setting::COOLDOWN.check_seconds(self.cooldown)?,
+            max_retries: setting::MAX_RETRIES.check_u32(self.max_retries)?,
+            retry_codes: StatusSet::from_codes(setting::RETRY_CODES.name, &self.retry_codes)?,
+            failure_codes: StatusSet::from_codes(setting::FAILURE_CODES.name, &self.failure_codes)?,
+            auth_failures_to_close: setting::AUTH_FAILURES_TO_CLOSE
+                .check_u32(self.auth_failures_to_close)?,
             provider,
             backoff: self.backoff()?,
-            on_blacklist: match self.on_blacklist.to_ascii_lowercase().as_str() {
-                "cooldown" => OnBlacklist::Cooldown,
-                "rotate" => OnBlacklist::Rotate,
-                _ => return Err(ConfigError::OnBlacklist(self.on_blacklist.clone())),
-            },
-            max_uses: in_range(
-                "HEX_PROXY_SESSION_MAX_USES",
-                self.session_max_uses,
-                0,
-                unbounded,
-            )?,
-            max_age: Duration::from_secs_f64(seconds(
-                "HEX_PROXY_SESSION_MAX_AGE",
-                self.session_max_age,
-            )?),
-            ban_scope: match self.ban_scope.to_ascii_lowercase().as_str() {
-                "session" => BanScope::Session,
-                "domain" => BanScope::Domain,
-                _ => return Err(ConfigError::BanScope(self.ban_scope.clone())),
-            },
+            // In the order of the setting's choices.
+            on_blacklist: [OnBlacklist::Cooldown, OnBlacklist::Rotate]
+                [setting::ON_BLACKLIST.check_choice(&self.on_blacklist)?],
+            max_uses: setting::SESSION_MAX_USES.check_u32(self.session_max_uses)?,
+            max_age: setting::SESSION_MAX_AGE.check_seconds(self.session_max_age)?,
+            ban_scope: [BanScope::Session, BanScope::Domain]
+                [setting::BAN_SCOPE.check_choice(&self.ban_scope)?],
         };
         // With domain scope a ban is one site's: rotating the id on it would end the session
         // for every site.
@@ -165,31 +134,11 @@ impl Settings {
     }
 
     fn backoff(&self) -> Result<Option<Backoff>, ConfigError> {
-        let base = seconds("HEX_PROXY_RETRY_BACKOFF_BASE", self.backoff_base)?;
-        let max = seconds("HEX_PROXY_RETRY_BACKOFF_MAX", self.backoff_max)?;
+        // Both checked even while pacing is off, so a typo does not wait for the day it is used.
+        setting::BACKOFF_BASE.check_seconds(self.backoff_base)?;
+        setting::BACKOFF_MAX.check_seconds(self.backoff_max)?;
+        let (base, max) = (self.backoff_base, self.backoff_max);
         Ok((base > 0.0).then(|| Backoff::new(base, max)))
-    }
-}
-
-/// A number of seconds a `Duration` can hold: finite and not negative.
-fn seconds(setting: &'static str, got: f64) -> Result<f64, ConfigError> {
-    match Duration::try_from_secs_f64(got) {
-        Ok(_) => Ok(got),
-        Err(_) => Err(ConfigError::Seconds { setting, got }),
-    }
-}
-
-fn in_range(setting: &'static str, got: i64, min: i64, max: i64) -> Result<u32, ConfigError> {
-    if (min..=max).contains(&got) {
-        // min >= 0 and max <= u32::MAX for every caller.
-        Ok(got as u32)
-    } else {
-        Err(ConfigError::OutOfRange {
-            setting,
-            min,
-            max,
-            got,
-        })
     }
 }
 
@@ -221,26 +170,26 @@ impl StatusSet {
 }
 
 impl Settings {
-    /// The documented defaults (README's Settings table) with these credentials.
+    /// The declared defaults (`setting::SETTINGS`, the README's table) with these credentials.
     pub fn documented(user: &str, password: &str) -> Self {
         Settings {
-            pool_size: 20,
-            max_failures: 5,
-            cooldown: 300.0,
-            max_retries: 4,
-            retry_codes: vec![403, 407, 408, 429, 500, 502, 503, 504],
-            failure_codes: [403, 407, 429].into_iter().chain(500..=599).collect(),
-            auth_failures_to_close: 3,
+            pool_size: setting::POOL_SIZE.default_int(),
+            max_failures: setting::MAX_FAILURES_SETTING.default_int(),
+            cooldown: setting::COOLDOWN.default_seconds(),
+            max_retries: setting::MAX_RETRIES.default_int(),
+            retry_codes: setting::RETRY_CODES.default_codes().to_vec(),
+            failure_codes: setting::FAILURE_CODES.default_codes().to_vec(),
+            auth_failures_to_close: setting::AUTH_FAILURES_TO_CLOSE.default_int(),
             user: user.into(),
             password: password.into(),
-            username_template: crate::provider::DEFAULT_TEMPLATE.into(),
+            username_template: setting::USERNAME_TEMPLATE.default_text().into(),
             proxies: None,
-            backoff_base: 0.0,
-            backoff_max: 60.0,
-            on_blacklist: "cooldown".into(),
-            session_max_uses: 0,
-            session_max_age: 0.0,
-            ban_scope: "session".into(),
+            backoff_base: setting::BACKOFF_BASE.default_seconds(),
+            backoff_max: setting::BACKOFF_MAX.default_seconds(),
+            on_blacklist: setting::ON_BLACKLIST.default_text().into(),
+            session_max_uses: setting::SESSION_MAX_USES.default_int(),
+            session_max_age: setting::SESSION_MAX_AGE.default_seconds(),
+            ban_scope: setting::BAN_SCOPE.default_text().into(),
         }
     }
 }

@@ -11,7 +11,6 @@ pub enum ConfigError {
         max: i64,
         got: i64,
     },
-    Cooldown(f64),
     /// A number of seconds that is negative, NaN or too large.
     Seconds {
         setting: &'static str,
@@ -33,10 +32,14 @@ pub enum ConfigError {
     },
     ProxyListEmpty,
     ProxyListTooLong(usize),
-    OnBlacklist(String),
+    /// A word that is none of the setting's choices.
+    Choice {
+        setting: &'static str,
+        choices: &'static [&'static str],
+        got: String,
+    },
     /// A setting that rotates session ids, with a proxy list.
     RotationWithList(&'static str),
-    BanScope(String),
     /// `HEX_PROXY_ON_BLACKLIST = "rotate"` with `HEX_PROXY_BAN_SCOPE = "domain"`.
     RotateWithDomainScope,
 }
@@ -74,10 +77,6 @@ impl fmt::Display for ConfigError {
                 max,
                 got,
             } => write!(f, "{setting} must be between {min} and {max}, got {got}"),
-            Self::Cooldown(got) => write!(
-                f,
-                "HEX_PROXY_BLACKLIST_COOLDOWN must be a finite number of seconds >= 0, got {got:?}"
-            ),
             Self::Seconds { setting, got } => write!(
                 f,
                 "{setting} must be a finite number of seconds >= 0, got {got:?}"
@@ -102,19 +101,27 @@ impl fmt::Display for ConfigError {
                 "the proxy list (HEX_PROXY_LIST or HEX_PROXY_LIST_FILE) holds {got} proxies, \
                  more than a pool can"
             ),
-            Self::OnBlacklist(got) => write!(
-                f,
-                "HEX_PROXY_ON_BLACKLIST must be \"cooldown\" or \"rotate\", got {got:?}"
-            ),
+            Self::Choice {
+                setting,
+                choices,
+                got,
+            } => {
+                write!(f, "{setting} must be ")?;
+                for (i, choice) in choices.iter().enumerate() {
+                    let glue = match i {
+                        0 => "",
+                        _ if i + 1 == choices.len() => " or ",
+                        _ => ", ",
+                    };
+                    write!(f, "{glue}{choice:?}")?;
+                }
+                write!(f, ", got {got:?}")
+            }
             Self::RotationWithList(setting) => write!(
                 f,
                 "{setting} cannot be used with a proxy list (HEX_PROXY_LIST or \
                  HEX_PROXY_LIST_FILE): each listed proxy is one fixed identity, with no session \
                  id to rotate"
-            ),
-            Self::BanScope(got) => write!(
-                f,
-                "HEX_PROXY_BAN_SCOPE must be \"session\" or \"domain\", got {got:?}"
             ),
             Self::RotateWithDomainScope => f.write_str(
                 "HEX_PROXY_ON_BLACKLIST = \"rotate\" cannot be combined with \

@@ -14,6 +14,7 @@ pub mod provider;
 pub mod retry;
 pub mod scope;
 pub mod session;
+pub mod settings;
 pub mod slot_tree;
 pub mod stats;
 
@@ -30,6 +31,8 @@ mod _core {
     use crate::python::core::{attempt_of, Core};
     #[pymodule_export]
     use crate::python::hooks::{HookState, ProxyHooks, RetryHooks};
+    #[pymodule_export]
+    use crate::python::settings::PySetting;
 
     #[pymodule_export]
     const ATTEMPT_KEY: &str = crate::python::attempt::ATTEMPT;
@@ -59,6 +62,7 @@ mod _core {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        m.add("__version__", env!("CARGO_PKG_VERSION"))
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add("SETTINGS", crate::python::settings::table(m.py())?)
     }
 }

@@ -1,11 +1,11 @@
 """Native core of scrapy_hexproxy: the session pool, retry policy and stats."""
 
 from collections.abc import Coroutine, Sequence
-from typing import Any, Final, Protocol, final
+from typing import Any, Final, Protocol, TypedDict, final
 
 from scrapy import Request, Spider
 from scrapy.http import Response
-from typing_extensions import Self
+from typing_extensions import Self, Unpack
 
 __version__: Final[str]
 """Version of the package, from Cargo.toml."""
@@ -67,6 +67,72 @@ GIVE_UP: Final = 2
 """``decide_retry``: retryable but out of retries (counted in ``hex_proxy/retry/max_exceeded``)."""
 
 @final
+class Setting:
+    """One ``HEX_PROXY_*`` setting, as the core declares it (``src/settings.rs``)."""
+
+    @property
+    def name(self) -> str:
+        """``"HEX_PROXY_SESSION_POOL_SIZE"``."""
+    @property
+    def key(self) -> str | None:
+        """The keyword ``Core`` takes it by; ``None`` for one the Python package alone reads."""
+    @property
+    def kind(self) -> str:
+        """How the value is read: ``"bool"``, ``"int"``, ``"seconds"``, ``"codes"``,
+        ``"choice"``, ``"text"``, ``"gateway"``, ``"proxy_list"``, ``"proxy_file"``,
+        ``"user_agents"`` or ``"ban_policy"``."""
+    @property
+    def default(self) -> bool | int | float | str | tuple[int, ...] | None:
+        """The value while unset; ``None``: no value (see ``required``)."""
+    @property
+    def required(self) -> bool:
+        """Whether a value is needed (with the gateway): there is no default."""
+    @property
+    def minimum(self) -> int | None:
+        """The smallest value of an ``"int"`` setting."""
+    @property
+    def maximum(self) -> int | None:
+        """The largest value of an ``"int"`` setting."""
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        """The words of a ``"choice"`` setting (case is ignored), the default first."""
+    @property
+    def fallback(self) -> str | None:
+        """A setting whose value stands in while this one is unset (Scrapy's own)."""
+    @property
+    def doc(self) -> str:
+        """What it does, in a line."""
+    def check(self, value: object) -> None:
+        """``ValueError`` naming the setting when ``value`` (converted to the kind) is out of
+        its bounds or none of its choices; for the settings ``Core`` does not take."""
+
+SETTINGS: Final[tuple[Setting, ...]]
+"""Every ``HEX_PROXY_*`` setting, in the README's order: the one declaration of each."""
+
+class _CoreSettings(TypedDict, total=False):
+    """``Core``'s keywords: the ``key`` of each ``Setting`` that has one, and ``proxies``."""
+
+    pool_size: int
+    max_failures: int
+    cooldown: float
+    max_retries: int
+    retry_codes: Sequence[int]
+    failure_codes: Sequence[int]
+    auth_failures_to_close: int
+    user: str
+    password: str
+    username_template: str
+    proxies: Sequence[tuple[str, str]] | None
+    manual_clock: bool
+    seed: int | None
+    backoff_base: float
+    backoff_max: float
+    on_blacklist: str
+    session_max_uses: int
+    session_max_age: float
+    ban_scope: str
+
+@final
 class Core:
     """The session pool, retry policy and stats of one crawl. Thread-safe.
 
@@ -82,35 +148,16 @@ class Core:
     blacklist (``None`` stands for the empty host); in scope ``"session"`` it is ignored.
     """
 
-    def __init__(
-        self,
-        *,
-        pool_size: int,
-        max_failures: int,
-        cooldown: float,
-        max_retries: int,
-        retry_codes: Sequence[int],
-        failure_codes: Sequence[int],
-        auth_failures_to_close: int,
-        user: str,
-        password: str,
-        username_template: str = ...,
-        proxies: Sequence[tuple[str, str]] | None = None,
-        manual_clock: bool = False,
-        seed: int | None = None,
-        backoff_base: float = 0.0,
-        backoff_max: float = 60.0,
-        on_blacklist: str = "cooldown",
-        session_max_uses: int = 0,
-        session_max_age: float = 0.0,
-        ban_scope: str = "session",
-    ) -> None:
+    def __new__(cls, **settings: Unpack[_CoreSettings]) -> Self:
         """Validate the settings and build the pool with every session live.
 
-        Raises ``ValueError`` naming the ``HEX_PROXY_*`` setting that is out of range (the
-        password is never part of the message). ``manual_clock=True`` starts a clock at 0 that
-        only ``advance`` moves; ``seed`` (``0 <= seed < 2**64``) makes the picks and the retry
-        waits reproducible. ``backoff_base`` > 0 switches retry pacing on (see ``retry_wait``).
+        Takes each setting by its ``key`` in ``SETTINGS``; one left out has its declared
+        default (``user`` and ``password``: empty, so a gateway needs them); ``TypeError`` for
+        a keyword no setting has. Raises ``ValueError`` naming the ``HEX_PROXY_*`` setting that
+        is out of range (the password is never part of the message). ``manual_clock=True``
+        starts a clock at 0 that only ``advance`` moves; ``seed`` (``0 <= seed < 2**63``) makes
+        the picks and the retry waits reproducible. ``backoff_base`` > 0 switches retry pacing
+        on (see ``retry_wait``).
 
         With a gateway, ``username_template`` (default ``DEFAULT_USERNAME_TEMPLATE``) makes the
         username of each session from ``{user}`` and ``{session}``. ``proxies`` replaces the

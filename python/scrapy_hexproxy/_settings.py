@@ -1,23 +1,37 @@
 """Read and check the HEX_PROXY_* settings.
 
-Types are checked here (Scrapy settings may arrive as strings from ``-s NAME=VALUE``);
-ranges are checked by the Rust core, whose messages also name the setting.
+Every setting is declared once, in the core's table (``_core.SETTINGS``: name, kind, default,
+bounds or choices; ``src/settings.rs``), which the core validates with: this module reads each
+setting by its kind and fills in the declared default while it is unset. Types are checked
+here (Scrapy settings may arrive as strings from ``-s NAME=VALUE``); bounds and choices are the
+core's, whose messages also name the setting.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from . import _core
 
+#: The declared settings by name.
+SETTINGS: Final[dict[str, _core.Setting]] = {setting.name: setting for setting in _core.SETTINGS}
+
+
+def _declared_codes(name: str) -> tuple[int, ...]:
+    codes = SETTINGS[name].default
+    assert isinstance(codes, tuple)
+    return codes
+
+
 #: Statuses retried by default (the guide's list).
-DEFAULT_RETRY_CODES = (403, 407, 408, 429, 500, 502, 503, 504)
+DEFAULT_RETRY_CODES: Final = _declared_codes("HEX_PROXY_RETRY_CODES")
 #: Statuses counted against the session by default: 403, 407, 429 and every 5xx.
-DEFAULT_FAILURE_CODES = (403, 407, 429, *range(500, 600))
+DEFAULT_FAILURE_CODES: Final = _declared_codes("HEX_PROXY_FAILURE_CODES")
 
 _SWITCH_OFF = "set HEX_PROXY_ENABLED = False to switch the scrapy-hexproxy middlewares off"
 
@@ -54,30 +68,23 @@ class HexSettings:
     core_kwargs: dict[str, Any] = field(repr=False)
     retry_priority_adjust: int
     #: Seconds between pool-health lines in the log; 0: none.
-    logstats_interval: float = 60.0
+    logstats_interval: float
     #: The setting the proxy list came from (HEX_PROXY_LIST or HEX_PROXY_LIST_FILE), if any.
-    proxy_list: str | None = None
+    proxy_list: str | None
     #: Whether HEX_PROXY_SESSION_POOL_SIZE was given (a list must then agree with it).
-    pool_size_set: bool = False
+    pool_size_set: bool
     #: HEX_PROXY_BIND_COOKIEJAR: each session id is its own cookie jar.
-    bind_cookiejar: bool = False
+    bind_cookiejar: bool
     #: HEX_PROXY_USER_AGENTS: the User-Agents sessions present (None: leave it to Scrapy).
-    user_agents: tuple[str, ...] | None = None
+    user_agents: tuple[str, ...] | None
     #: The class HEX_PROXY_BAN_POLICY names; None: the core's default rules.
-    ban_policy: type | None = None
+    ban_policy: type | None
 
 
 def is_enabled(settings: Any) -> bool:
-    value = settings.get("HEX_PROXY_ENABLED", True)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
-        return False
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise HexProxyConfigError(f"HEX_PROXY_ENABLED must be True or False, got {value!r}")
+    enabled = read_setting(settings, "HEX_PROXY_ENABLED")
+    assert isinstance(enabled, bool)
+    return enabled
 
 
 def _is_set(value: Any) -> bool:
@@ -129,17 +136,22 @@ def parse_gateway(value: Any) -> Gateway:
     return Gateway(parts.scheme, host, port)
 
 
-def _text(settings: Any, name: str) -> str:
-    value = settings.get(name)
-    if value is None or value == "":
-        raise HexProxyConfigError(f"{name} is not set: the gateway needs credentials")
-    if not isinstance(value, str):
-        raise HexProxyConfigError(f"{name} must be a string, got {type(value).__name__}")
-    return value
+# -- the converters, by kind: (setting name, value as given) -> value for the core -------------
 
 
-def _int(settings: Any, name: str, default: int, minimum: int = -(2**63)) -> int:
-    value = settings.get(name, default)
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise HexProxyConfigError(f"{name} must be True or False, got {value!r}")
+
+
+def _int(name: str, value: Any) -> int:
     number = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -150,14 +162,13 @@ def _int(settings: Any, name: str, default: int, minimum: int = -(2**63)) -> int
             pass
     if number is None:
         raise HexProxyConfigError(f"{name} must be a whole number, got {value!r}")
-    # The core checks each setting's own range; this only keeps huge values from reaching it.
-    if not minimum <= number < 2**63:
+    # The core checks each setting's own bounds; this only keeps it within a 64-bit int.
+    if not -(2**63) <= number < 2**63:
         raise HexProxyConfigError(f"{name} is out of range, got {number}")
     return number
 
 
-def _float(settings: Any, name: str, default: float) -> float:
-    value = settings.get(name, default)
+def _seconds(name: str, value: Any) -> float:
     if isinstance(value, bool):
         raise HexProxyConfigError(f"{name} must be a number of seconds, got {value!r}")
     if isinstance(value, (int, float)):
@@ -170,18 +181,7 @@ def _float(settings: Any, name: str, default: float) -> float:
     raise HexProxyConfigError(f"{name} must be a number of seconds, got {value!r}")
 
 
-def _seconds(settings: Any, name: str, default: float) -> float:
-    """A finite, non-negative number of seconds."""
-    value = _float(settings, name, default)
-    if not 0 <= value < float("inf"):
-        raise HexProxyConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    return value
-
-
-def _codes(settings: Any, name: str, default: tuple[int, ...]) -> list[int]:
-    value = settings.get(name)
-    if value is None:
-        return list(default)
+def _codes(name: str, value: Any) -> list[int]:
     if isinstance(value, str):
         value = value.replace(",", " ").split()
     if not isinstance(value, (list, tuple, set, frozenset)):
@@ -199,12 +199,48 @@ def _codes(settings: Any, name: str, default: tuple[int, ...]) -> list[int]:
     return codes
 
 
-def _choice(settings: Any, name: str, default: str) -> str:
-    """A word; the core checks it is one of the allowed ones (ignoring case)."""
-    value = settings.get(name, default)
+def _choice(name: str, value: Any) -> str:
+    """A word; the core checks it is one of the setting's choices (ignoring case)."""
+    return _text(name, value).strip()
+
+
+def _text(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise HexProxyConfigError(f"{name} must be a string, got {type(value).__name__}")
-    return value.strip()
+    return value
+
+
+_CONVERTERS: Final[dict[str, Callable[[str, Any], Any]]] = {
+    "bool": _bool,
+    "int": _int,
+    "seconds": _seconds,
+    "codes": _codes,
+    "choice": _choice,
+    "text": _text,
+}
+
+
+def read_setting(settings: Any, name: str) -> Any:
+    """A setting of a kind read here (``_CONVERTERS``), converted; its declared default (or its
+    fallback's value) while unset. The bounds of one the core does not take are checked by the
+    table's ``check``, so that every bound stays the core's."""
+    setting = SETTINGS[name]
+    value = settings.get(name)
+    if value is None and setting.fallback is not None:
+        # Scrapy's own setting stands in, under its own name.
+        name, value = setting.fallback, settings.get(setting.fallback)
+    if value is None:
+        if setting.required:
+            raise HexProxyConfigError(f"{name} is not set: the gateway needs credentials")
+        default = setting.default
+        return list(default) if isinstance(default, tuple) else default
+    converted = _CONVERTERS[setting.kind](name, value)
+    if setting.key is None:
+        try:
+            setting.check(converted)
+        except (ValueError, OverflowError) as exc:
+            raise HexProxyConfigError(str(exc)) from None
+    return converted
 
 
 def _user_agents(settings: Any, name: str) -> tuple[str, ...] | None:
@@ -237,14 +273,6 @@ def _user_agents(settings: Any, name: str) -> tuple[str, ...] | None:
             )
         agents.append(agent)
     return tuple(agents)
-
-
-def _bool(settings: Any, name: str) -> bool:
-    value = settings.get(name, False)
-    try:
-        return bool(settings.getbool(name, False))
-    except (ValueError, TypeError):  # getbool raises TypeError for lists, dicts...
-        raise HexProxyConfigError(f"{name} must be True or False, got {value!r}") from None
 
 
 def _list_setting(settings: Any) -> str | None:
@@ -320,27 +348,14 @@ def _proxy_file(value: Any) -> list[tuple[str, str]]:
     return entries
 
 
-def _template(settings: Any) -> str:
-    value = settings.get(TEMPLATE)
-    if value is None:
-        return _core.DEFAULT_USERNAME_TEMPLATE
-    if not isinstance(value, str):
-        raise HexProxyConfigError(f"{TEMPLATE} must be a string, got {type(value).__name__}")
-    return value
-
-
 def read_settings(settings: Any) -> HexSettings:
     """Every HEX_PROXY_* value, checked; raises HexProxyConfigError naming the setting."""
     from ._banpolicy import load_ban_policy  # it imports this module
 
     list_setting = _list_setting(settings)
+    core_kwargs: dict[str, Any] = {}
     if list_setting is None:
         gateway: Gateway | None = parse_gateway(settings.get(GATEWAY))
-        provider: dict[str, Any] = {
-            "user": _text(settings, "HEX_PROXY_USER"),
-            "password": _text(settings, "HEX_PROXY_PASS"),
-            "username_template": _template(settings),
-        }
     else:
         for name in _GATEWAY_ONLY:
             if _is_set(settings.get(name)):
@@ -350,42 +365,19 @@ def read_settings(settings: Any) -> HexSettings:
                     f" unset {name}"
                 )
         gateway = None
-        provider = {
-            "user": "",
-            "password": "",
-            "proxies": read_proxy_list(settings, list_setting),
-        }
-    seed = settings.get("HEX_PROXY_SEED")
-    core_kwargs: dict[str, Any] = {
-        "pool_size": _int(settings, "HEX_PROXY_SESSION_POOL_SIZE", 20),
-        "max_failures": _int(settings, "HEX_PROXY_MAX_FAILURES", 5),
-        "cooldown": _float(settings, "HEX_PROXY_BLACKLIST_COOLDOWN", 300.0),
-        "max_retries": _int(settings, "HEX_PROXY_MAX_RETRIES", 4),
-        "retry_codes": _codes(settings, "HEX_PROXY_RETRY_CODES", DEFAULT_RETRY_CODES),
-        "failure_codes": _codes(settings, "HEX_PROXY_FAILURE_CODES", DEFAULT_FAILURE_CODES),
-        "auth_failures_to_close": _int(settings, "HEX_PROXY_AUTH_FAILURES_TO_CLOSE", 3),
-        **provider,
-        "manual_clock": _bool(settings, "HEX_PROXY_MANUAL_CLOCK"),
-        "seed": None if seed is None else _int(settings, "HEX_PROXY_SEED", 0, minimum=0),
-        "backoff_base": _float(settings, "HEX_PROXY_RETRY_BACKOFF_BASE", 0.0),
-        "backoff_max": _float(settings, "HEX_PROXY_RETRY_BACKOFF_MAX", 60.0),
-        "on_blacklist": _choice(settings, "HEX_PROXY_ON_BLACKLIST", "cooldown"),
-        "session_max_uses": _int(settings, "HEX_PROXY_SESSION_MAX_USES", 0),
-        "session_max_age": _float(settings, "HEX_PROXY_SESSION_MAX_AGE", 0.0),
-        "ban_scope": _choice(settings, "HEX_PROXY_BAN_SCOPE", "session"),
-    }
-    # Scrapy's own setting stands in while ours is unset (Scrapy's default is -1 too).
-    priority_adjust = "HEX_PROXY_RETRY_PRIORITY_ADJUST"
-    if settings.get(priority_adjust) is None:
-        priority_adjust = "RETRY_PRIORITY_ADJUST"
+        core_kwargs["proxies"] = read_proxy_list(settings, list_setting)
+    # Every setting the core takes, by its keyword; the gateway's only with the gateway.
+    for setting in _core.SETTINGS:
+        if setting.key is not None and (gateway is not None or setting.name not in _GATEWAY_ONLY):
+            core_kwargs[setting.key] = read_setting(settings, setting.name)
     return HexSettings(
         gateway=gateway,
         core_kwargs=core_kwargs,
-        retry_priority_adjust=_int(settings, priority_adjust, -1),
-        logstats_interval=_seconds(settings, "HEX_PROXY_LOGSTATS_INTERVAL", 60.0),
+        retry_priority_adjust=read_setting(settings, "HEX_PROXY_RETRY_PRIORITY_ADJUST"),
+        logstats_interval=read_setting(settings, "HEX_PROXY_LOGSTATS_INTERVAL"),
         proxy_list=list_setting,
         pool_size_set=settings.get("HEX_PROXY_SESSION_POOL_SIZE") is not None,
-        bind_cookiejar=_bool(settings, "HEX_PROXY_BIND_COOKIEJAR"),
+        bind_cookiejar=read_setting(settings, "HEX_PROXY_BIND_COOKIEJAR"),
         user_agents=_user_agents(settings, "HEX_PROXY_USER_AGENTS"),
         ban_policy=load_ban_policy(settings.get("HEX_PROXY_BAN_POLICY")),
     )

@@ -2,16 +2,16 @@
 
 use std::time::Duration;
 
-use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::engine::Engine;
-use crate::engine::Event;
+use crate::engine::{Engine, Event};
 use crate::error::Error;
-use crate::provider::{Entry, Proxy, DEFAULT_TEMPLATE};
+use crate::provider::{Entry, Proxy};
+use crate::settings as setting;
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> Self {
@@ -32,74 +32,51 @@ pub struct Core {
 
 #[pymethods]
 impl Core {
+    /// `settings`: values by the keywords of the settings table (`settings::SETTINGS`, each
+    /// setting's `key`); a setting left out has its declared default, so no default is written
+    /// here.
     #[new]
-    #[pyo3(signature = (
-        *,
-        pool_size,
-        max_failures,
-        cooldown,
-        max_retries,
-        retry_codes,
-        failure_codes,
-        auth_failures_to_close,
-        user,
-        password,
-        username_template = DEFAULT_TEMPLATE.to_owned(),
-        proxies = None,
-        manual_clock = false,
-        seed = None,
-        backoff_base = 0.0,
-        backoff_max = 60.0,
-        on_blacklist = "cooldown".to_owned(),
-        session_max_uses = 0,
-        session_max_age = 0.0,
-        ban_scope = "session".to_owned(),
-    ))]
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "keyword-only settings from Python"
-    )]
-    fn new(
-        pool_size: i64,
-        max_failures: i64,
-        cooldown: f64,
-        max_retries: i64,
-        retry_codes: Vec<i64>,
-        failure_codes: Vec<i64>,
-        auth_failures_to_close: i64,
-        user: String,
-        password: String,
-        username_template: String,
-        proxies: Option<Vec<Entry>>,
-        manual_clock: bool,
-        seed: Option<u64>,
-        backoff_base: f64,
-        backoff_max: f64,
-        on_blacklist: String,
-        session_max_uses: i64,
-        session_max_age: f64,
-        ban_scope: String,
-    ) -> PyResult<Self> {
-        let settings = Settings {
-            pool_size,
-            max_failures,
-            cooldown,
-            max_retries,
-            retry_codes,
-            failure_codes,
-            auth_failures_to_close,
-            user,
-            password,
-            username_template,
-            proxies,
-            backoff_base,
-            backoff_max,
-            on_blacklist,
-            session_max_uses,
-            session_max_age,
-            ban_scope,
-        };
-        let config = settings.validate().map_err(Error::from)?;
+    #[pyo3(signature = (**settings))]
+    fn new(settings: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let mut values = Settings::documented("", "");
+        let mut manual_clock = false;
+        let mut seed = None;
+        for (key, value) in settings.into_iter().flatten() {
+            let key: String = key.extract()?;
+            match key.as_str() {
+                "pool_size" => values.pool_size = value.extract()?,
+                "max_failures" => values.max_failures = value.extract()?,
+                "cooldown" => values.cooldown = value.extract()?,
+                "max_retries" => values.max_retries = value.extract()?,
+                "retry_codes" => values.retry_codes = value.extract()?,
+                "failure_codes" => values.failure_codes = value.extract()?,
+                "auth_failures_to_close" => values.auth_failures_to_close = value.extract()?,
+                "user" => values.user = value.extract()?,
+                "password" => values.password = value.extract()?,
+                "username_template" => values.username_template = value.extract()?,
+                "proxies" => values.proxies = value.extract::<Option<Vec<Entry>>>()?,
+                "backoff_base" => values.backoff_base = value.extract()?,
+                "backoff_max" => values.backoff_max = value.extract()?,
+                "on_blacklist" => values.on_blacklist = value.extract()?,
+                "session_max_uses" => values.session_max_uses = value.extract()?,
+                "session_max_age" => values.session_max_age = value.extract()?,
+                "ban_scope" => values.ban_scope = value.extract()?,
+                "manual_clock" => manual_clock = value.extract()?,
+                "seed" => {
+                    seed = value
+                        .extract::<Option<i64>>()?
+                        .map(|got| setting::SEED.check_int(got).map(|seed| seed as u64))
+                        .transpose()
+                        .map_err(Error::from)?;
+                }
+                _ => {
+                    return Err(PyTypeError::new_err(format!(
+                        "Core() got an unexpected keyword argument {key:?}"
+                    )))
+                }
+            }
+        }
+        let config = values.validate().map_err(Error::from)?;
         let clock = if manual_clock {
             Clock::manual()
         } else {

@@ -7,3 +7,4 @@ pub mod hooks;
 mod identity;
 mod route;
 mod scrapy;
+pub mod settings;
