@@ -52,18 +52,44 @@ pub struct Config {
     pub provider: Provider,
     /// Retry pacing; `None` when `HEX_PROXY_RETRY_BACKOFF_BASE` is 0 (off).
     pub backoff: Option<Backoff>,
-    pub on_blacklist: OnBlacklist,
+    pub blacklisting: Blacklisting,
     /// Hand-outs after which an id is rotated; 0 = never.
     pub max_uses: u32,
     /// Age (from its first hand-out) at which an id is rotated; zero = never.
     pub max_age: Duration,
-    pub ban_scope: BanScope,
+}
+
+/// What failures are kept against and what a blacklist does (`HEX_PROXY_BAN_SCOPE` with
+/// `HEX_PROXY_ON_BLACKLIST`): only the combinations the settings allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blacklisting {
+    /// A session, whatever the target: it cools down, or its slot takes a new id.
+    Session(OnBlacklist),
+    /// A (session, target host) pair: it cools down for that host. Never a new id: a ban is
+    /// one site's, and rotating the id on it would end the session for every site.
+    Domain,
+}
+
+impl Blacklisting {
+    pub fn scope(self) -> BanScope {
+        match self {
+            Self::Session(_) => BanScope::Session,
+            Self::Domain => BanScope::Domain,
+        }
+    }
+
+    pub fn on_blacklist(self) -> OnBlacklist {
+        match self {
+            Self::Session(on_blacklist) => on_blacklist,
+            Self::Domain => OnBlacklist::Cooldown,
+        }
+    }
 }
 
 impl Config {
     /// The first setting that makes session ids rotate, if any does.
     pub fn rotation_setting(&self) -> Option<&'static str> {
-        if self.on_blacklist == OnBlacklist::Rotate {
+        if self.blacklisting == Blacklisting::Session(OnBlacklist::Rotate) {
             Some("HEX_PROXY_ON_BLACKLIST = \"rotate\"")
         } else if self.max_uses > 0 {
             Some("HEX_PROXY_SESSION_MAX_USES")
@@ -96,24 +122,26 @@ impl Settings {
                 .check_u32(self.auth_failures_to_close)?,
             provider,
             backoff: self.backoff()?,
-            // In the order of the setting's choices.
-            on_blacklist: [OnBlacklist::Cooldown, OnBlacklist::Rotate]
-                [setting::ON_BLACKLIST.check_choice(&self.on_blacklist)?],
+            blacklisting: self.blacklisting()?,
             max_uses: setting::SESSION_MAX_USES.check_u32(self.session_max_uses)?,
             max_age: setting::SESSION_MAX_AGE.check_seconds(self.session_max_age)?,
-            ban_scope: [BanScope::Session, BanScope::Domain]
-                [setting::BAN_SCOPE.check_choice(&self.ban_scope)?],
         };
-        // With domain scope a ban is one site's: rotating the id on it would end the session
-        // for every site.
-        if config.ban_scope == BanScope::Domain && config.on_blacklist == OnBlacklist::Rotate {
-            return Err(ConfigError::RotateWithDomainScope);
-        }
         // A listed proxy is one fixed identity: there is no session id to rotate.
         if let (Some(_), Some(setting)) = (config.provider.list(), config.rotation_setting()) {
             return Err(ConfigError::RotationWithList(setting));
         }
         Ok(config)
+    }
+
+    fn blacklisting(&self) -> Result<Blacklisting, ConfigError> {
+        // In the order of the settings' choices.
+        let on_blacklist = [OnBlacklist::Cooldown, OnBlacklist::Rotate]
+            [setting::ON_BLACKLIST.check_choice(&self.on_blacklist)?];
+        match setting::BAN_SCOPE.check_choice(&self.ban_scope)? {
+            0 => Ok(Blacklisting::Session(on_blacklist)),
+            _ if on_blacklist == OnBlacklist::Rotate => Err(ConfigError::RotateWithDomainScope),
+            _ => Ok(Blacklisting::Domain),
+        }
     }
 
     fn gateway(&self) -> Result<Gateway, ConfigError> {
@@ -223,9 +251,11 @@ mod tests {
         assert!(!config.failure_codes.contains(404));
         assert!(config.retry_codes.contains(408));
         assert!(!config.retry_codes.contains(501));
-        assert_eq!(config.on_blacklist, OnBlacklist::Cooldown);
+        assert_eq!(
+            config.blacklisting,
+            Blacklisting::Session(OnBlacklist::Cooldown)
+        );
         assert_eq!((config.max_uses, config.max_age), (0, Duration::ZERO));
-        assert_eq!(config.ban_scope, BanScope::Session);
     }
 
     #[test]
@@ -236,7 +266,10 @@ mod tests {
         );
         let mut settings = example_settings();
         settings.ban_scope = "Domain".into();
-        assert_eq!(settings.validate().unwrap().ban_scope, BanScope::Domain);
+        assert_eq!(
+            settings.validate().unwrap().blacklisting,
+            Blacklisting::Domain
+        );
         // Rotation for age or uses goes with domain scope (the new id starts clean everywhere).
         settings.session_max_uses = 10;
         settings.session_max_age = 60.0;
@@ -276,7 +309,10 @@ mod tests {
         settings.session_max_uses = 50;
         settings.session_max_age = 599.5;
         let config = settings.validate().unwrap();
-        assert_eq!(config.on_blacklist, OnBlacklist::Rotate);
+        assert_eq!(
+            config.blacklisting,
+            Blacklisting::Session(OnBlacklist::Rotate)
+        );
         assert_eq!(config.max_uses, 50);
         assert_eq!(config.max_age, Duration::from_millis(599_500));
     }

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::auth::{self, AuthTracker};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Blacklisting, Config};
 use crate::error::Error;
 use crate::identity::{Identities, Numbering, OnBlacklist};
 use crate::pool::Pool;
@@ -119,12 +119,12 @@ impl Engine {
         };
         let identities = Identities::new(
             config.pool_size,
-            config.on_blacklist,
+            config.blacklisting.on_blacklist(),
             config.max_uses,
             config.max_age,
         )
         .map(|identities| identities.with_epoch(epoch));
-        let hosts = (config.ban_scope == BanScope::Domain)
+        let hosts = (config.blacklisting == Blacklisting::Domain)
             .then(|| HostBans::new(config.pool_size, config.max_failures, config.cooldown));
         Self {
             retry: RetryPolicy::new(config.retry_codes, config.max_retries),
@@ -149,7 +149,7 @@ impl Engine {
     }
 
     pub fn ban_scope(&self) -> BanScope {
-        self.config.ban_scope
+        self.config.blacklisting.scope()
     }
 
     /// A session for the next attempt, avoiding the slots in `exclude` (those that already
@@ -295,15 +295,14 @@ impl Engine {
             hosts,
             ..
         } = &mut *state;
-        let flags = match (self.config.on_blacklist, identities, hosts) {
-            // Domain scope never rotates on a blacklist (the config refuses it).
-            (_, _, Some(hosts)) => {
+        let flags = match (self.config.blacklisting, identities, hosts) {
+            (Blacklisting::Domain, _, Some(hosts)) => {
                 if !hosts.failure(slot, host.unwrap_or_default(), self.clock.now_ns()) {
                     return 0;
                 }
                 BLACKLISTED
             }
-            (OnBlacklist::Rotate, Some(identities), None) => {
+            (Blacklisting::Session(OnBlacklist::Rotate), Some(identities), _) => {
                 if !pool.failure_without_cooldown(slot) {
                     return 0;
                 }
