@@ -29,9 +29,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("scrapy_hexproxy")
 
-#: meta key of the session slots that already failed this request (a tuple: copies share it).
-FAILED = _core.FAILED_KEY
-
 AUTH_FAILED_REASON = "hex_proxy_auth_failed"
 
 
@@ -105,19 +102,16 @@ class Runtime:
             )
 
     async def wait_and_assign(
-        self, request: Request, assign: Callable[[Request, int], None], host: str | None = None
+        self, request: Request, try_assign: Callable[[Request], bool], host: str | None = None
     ) -> None:
         """Every session is cooling (for ``host``, the target host in ban scope "domain"): wait
-        for one to come back, without blocking the reactor; then ``assign(request, number)``
-        (``HexProxyMiddleware.assign``). Requests to other hosts go on meanwhile."""
+        for one to come back, without blocking the reactor, and send the request through it
+        (``try_assign``, the hooks': a pick and an assignment). Requests to other hosts go on
+        meanwhile."""
         while True:
-            # Pick before parking too: a session may have come back since process_request.
+            # Try before parking too: a session may have come back since process_request.
             self.check_credentials()
-            number = self.core.pick(request.meta.get(FAILED), host)
-            if number is not None:
-                assign(request, number)
-                if host is not None and self.core.take_released():
-                    self.wake()  # that pick gave a slot a new id, which ended a ban early
+            if try_assign(request):
                 return
             waiter: Deferred[None] = Deferred(self._forget)
             self._waiters.append(waiter)

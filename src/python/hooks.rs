@@ -95,6 +95,33 @@ impl HookState {
         ))
     }
 
+    /// Picks a session for this attempt, avoiding those that failed the request, and sends it
+    /// through it; false when none is live.
+    fn pick_and_assign(
+        &self,
+        owner: &Bound<'_, PyAny>,
+        request: &Bound<'_, PyAny>,
+        meta: &Bound<'_, PyDict>,
+        host: Option<&str>,
+    ) -> PyResult<bool> {
+        let py = owner.py();
+        let engine = self.core.get().engine();
+        let picked = match meta.get_item(intern!(py, FAILED))? {
+            None => engine.pick(host, &[]),
+            Some(failed) => engine.pick(host, &failed.extract::<Vec<u32>>()?),
+        };
+        let Some(number) = picked else {
+            return Ok(false);
+        };
+        self.assign(py, request, meta, number, host)?;
+        // Domain scope: this pick gave a slot a new id and so ended a ban early; the requests
+        // waiting for that host may go.
+        if self.domain && engine.take_released() {
+            runtime_of(owner)?.call_method0(intern!(py, "wake"))?;
+        }
+        Ok(true)
+    }
+
     /// Sends this attempt through session `number` (as the engine's pick returns it): the
     /// proxy and session in meta, the session's credentials in the `Proxy-Authorization`
     /// header (none for a listed proxy without credentials); when switched on, its cookie jar
@@ -355,35 +382,19 @@ impl ProxyHooks {
                 runtime_of(owner)?.call_method1(intern!(py, "wait_until_due"), (request, slf))?,
             ));
         }
-        let engine = state.core.get().engine();
         let host = state.target_host(request)?;
-        let host = host.as_deref();
-        let picked = match meta.get_item(intern!(py, FAILED))? {
-            None => engine.pick(host, &[]),
-            Some(failed) => engine.pick(host, &failed.extract::<Vec<u32>>()?),
-        };
-        match picked {
-            Some(number) => {
-                state.assign(py, request, &meta, number, host)?;
-                // Domain scope: this pick gave a slot a new id and so ended a ban early; the
-                // requests waiting for that host may go.
-                if state.domain && engine.take_released() {
-                    runtime_of(owner)?.call_method0(intern!(py, "wake"))?;
-                }
-                Ok(None)
-            }
-            // Every session is cooling (for this host, in domain scope), or the credentials
-            // were rejected.
-            None => {
-                let runtime = runtime_of(owner)?;
-                let wait = intern!(py, "wait_and_assign");
-                let assign = slf.getattr(intern!(py, "assign"))?;
-                Ok(Some(match host {
-                    None => runtime.call_method1(wait, (request, assign))?,
-                    Some(host) => runtime.call_method1(wait, (request, assign, host))?,
-                }))
-            }
+        if state.pick_and_assign(owner, request, &meta, host.as_deref())? {
+            return Ok(None);
         }
+        // Every session is cooling (for this host, in domain scope), or the credentials were
+        // rejected: wait for one, then `try_assign` again.
+        let runtime = runtime_of(owner)?;
+        let wait = intern!(py, "wait_and_assign");
+        let assign = slf.getattr(intern!(py, "try_assign"))?;
+        Ok(Some(match host {
+            None => runtime.call_method1(wait, (request, assign))?,
+            Some(host) => runtime.call_method1(wait, (request, assign, host))?,
+        }))
     }
 
     #[pyo3(signature = (request, response, spider = None))]
@@ -432,12 +443,22 @@ impl ProxyHooks {
         }
     }
 
-    /// Sends the attempt through session `number` (the runtime calls this once a wait ends).
+    /// Sends the attempt through session `number`, whatever its state (the tests' way to
+    /// choose a session).
     fn assign(&self, py: Python<'_>, request: &Bound<'_, PyAny>, number: u64) -> PyResult<()> {
         let state = self.state.get();
         let host = state.target_host(request)?;
         let meta = state.scrapy.meta(request)?;
         state.assign(py, request, &meta, number, host.as_deref())
+    }
+
+    /// Sends the attempt through a live session, if there is one (the runtime calls this
+    /// while a request waits for a session); whether there was.
+    fn try_assign(slf: &Bound<'_, Self>, request: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let state = slf.get().state.get();
+        let host = state.target_host(request)?;
+        let meta = state.scrapy.meta(request)?;
+        state.pick_and_assign(slf.as_any(), request, &meta, host.as_deref())
     }
 }
 
