@@ -102,8 +102,8 @@ def _fresh_headers_type() -> type | None:
     fresh = dict.__new__(Headers)
     fresh.encoding = "ascii"
     meta: dict[str, Any] = {}
-    probe._headers = fresh  # type: ignore[attr-defined]
-    probe._meta = meta  # type: ignore[attr-defined]
+    probe._headers = fresh
+    probe._meta = meta
     if made_state != {"encoding": "ascii"} or probe.headers is not fresh or probe.meta is not meta:
         return None
     return Headers
@@ -119,7 +119,7 @@ def _response_flags_slot() -> bool:
     if getattr(plain, "_flags", False) is not None:
         return False
     cached = Response("http://127.0.0.1/", flags=["cached"])
-    return cached._flags == ["cached"] and cached.flags is cached._flags  # type: ignore[attr-defined]
+    return cached._flags == ["cached"] and cached.flags is cached._flags
 
 
 class Runtime:
