@@ -42,8 +42,9 @@ wheel: $(VENV)/.ok
 	$(VENV)/bin/maturin build --release -q -o $(WHEEL_DIR)
 	$(VENV)/bin/maturin build --release -q --features py39 -o $(WHEEL_DIR)
 
-## lint: rustfmt, clippy, ruff, and mypy --strict on the package
-lint: $(VENV)/.ok
+## lint: rustfmt, clippy, ruff; mypy --strict on the package, and stubtest of _core.pyi
+## against the built module (hence build-dev first)
+lint: build-dev
 	cargo fmt --check
 	cargo clippy -q --all-targets -- -D warnings
 	cargo clippy -q --all-targets --features python -- -D warnings
@@ -51,6 +52,7 @@ lint: $(VENV)/.ok
 	$(VENV)/bin/ruff check python tests examples benches
 	$(VENV)/bin/ruff format --check python tests examples benches
 	$(PY) -m mypy
+	$(PY) -m mypy.stubtest --mypy-config-file pyproject.toml scrapy_hexproxy._core
 
 format: $(VENV)/.ok
 	cargo fmt

@@ -5,7 +5,29 @@ from typing import Any, Final, Protocol, final
 
 from scrapy import Request, Spider
 from scrapy.http import Response
-from typing_extensions import Self
+from typing_extensions import Self, disjoint_base
+
+__all__ = [
+    "ATTEMPT_KEY",
+    "AUTH_FAILED",
+    "BAN_KEY",
+    "BLACKLISTED",
+    "DEFAULT_USERNAME_TEMPLATE",
+    "FAILED",
+    "FAILED_KEY",
+    "GIVE_UP",
+    "NOT_BEFORE_KEY",
+    "PASS",
+    "PROXY_REJECTED",
+    "RETRY",
+    "ROTATED",
+    "SESSION_KEY",
+    "SWITCH_KEY",
+    "Core",
+    "ProxyHooks",
+    "RetryHooks",
+    "__version__",
+]
 
 __version__: Final[str]
 """Version of the package, from Cargo.toml."""
@@ -82,8 +104,10 @@ class Core:
     blacklist (``None`` stands for the empty host); in scope ``"session"`` it is ignored.
     """
 
-    def __init__(
-        self,
+    # PyO3 writes an owned String default as "..." in the signature the module carries, and
+    # stubtest compares defaults with it: the docstring names those defaults instead.
+    def __new__(
+        cls,
         *,
         pool_size: int,
         max_failures: int,
@@ -100,11 +124,11 @@ class Core:
         seed: int | None = None,
         backoff_base: float = 0.0,
         backoff_max: float = 60.0,
-        on_blacklist: str = "cooldown",
+        on_blacklist: str = ...,
         session_max_uses: int = 0,
         session_max_age: float = 0.0,
-        ban_scope: str = "session",
-    ) -> None:
+        ban_scope: str = ...,
+    ) -> Self:
         """Validate the settings and build the pool with every session live.
 
         Raises ``ValueError`` naming the ``HEX_PROXY_*`` setting that is out of range (the
@@ -118,11 +142,12 @@ class Core:
         naming the entry in errors (``"HEX_PROXY_LIST entry 3"``); each distinct proxy is one
         session, in list order, exact repeats kept once (``duplicate_proxies``); ``user``,
         ``password``, ``username_template`` and ``pool_size`` are then not used.
-        ``on_blacklist="rotate"``: a blacklisted session's slot takes a new id at once instead
-        of cooling down. ``session_max_uses`` (hand-outs) and ``session_max_age`` (seconds from
-        the id's first hand-out) rotate an id when it is next picked; 0 = never.
-        ``ban_scope`` is ``"session"`` or ``"domain"`` (``HEX_PROXY_BAN_SCOPE``; ``"domain"``
-        refuses ``on_blacklist="rotate"``).
+        ``on_blacklist`` is ``"cooldown"`` (the default) or ``"rotate"``: a blacklisted
+        session's slot takes a new id at once instead of cooling down. ``session_max_uses``
+        (hand-outs) and ``session_max_age`` (seconds from the id's first hand-out) rotate an id
+        when it is next picked; 0 = never.
+        ``ban_scope`` is ``"session"`` (the default) or ``"domain"`` (``HEX_PROXY_BAN_SCOPE``;
+        ``"domain"`` refuses ``on_blacklist="rotate"``).
         """
 
     def pick(self, exclude: tuple[int, ...] | None = None, host: str | None = None) -> int | None:
@@ -290,6 +315,8 @@ class _Runtime(Protocol):
     ban_policy: Any
     """The ``HEX_PROXY_BAN_POLICY`` instance, or None; read once, when the hooks are made."""
 
+# Native base classes with their own instance layout: a class cannot derive from both.
+@disjoint_base
 class ProxyHooks:
     """The per-request hooks of ``HexProxyMiddleware``, which subclasses this.
 
@@ -321,6 +348,7 @@ class ProxyHooks:
     def assign(self, request: Request, number: int) -> None:
         """Send the attempt through session ``number`` (as ``Core.pick`` returns it)."""
 
+@disjoint_base
 class RetryHooks:
     """The per-response hook of ``SmartRetryMiddleware``, which subclasses this and provides
     ``_retry(request, status, reason, response) -> Request | None`` and ``self._runtime``."""
