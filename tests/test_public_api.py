@@ -92,9 +92,21 @@ def _fresh_interpreter(code: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("module", ["scrapy_hexproxy", "scrapy_hexproxy.pytest_plugin"])
-def test_importing_the_package_installs_no_reactor(module: str) -> None:
+def test_importing_the_package_installs_no_reactor() -> None:
     _fresh_interpreter(
-        f"import sys, {module}\n"
+        "import sys, scrapy_hexproxy\n"
         "assert 'twisted.internet.reactor' not in sys.modules, 'a reactor was installed'\n"
+    )
+
+
+def test_loading_the_pytest_plugin_imports_neither_the_package_nor_scrapy() -> None:
+    # The installed entry point, loaded as pytest loads it, in every project that has us.
+    _fresh_interpreter(
+        "import sys\n"
+        "from importlib.metadata import entry_points\n"
+        "[plugin] = [e for e in entry_points(group='pytest11') if e.name == 'hexproxy']\n"
+        "module = plugin.load()\n"
+        "assert {'hexproxy_gateway', 'hexproxy_settings'} <= set(vars(module))\n"
+        "loaded = {'scrapy', 'scrapy_hexproxy', 'twisted'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
     )
