@@ -9,16 +9,19 @@ export CARGO_BUILD_JOBS ?= 2
 # Scrapy 2.11.2 installs today only with these pinned beside it (newer ones break its imports).
 OLD_SCRAPY := "scrapy==2.11.2" "w3lib<2.2" "twisted<24.11"
 TEST_DEPS := "pytest>=8" "pytest-twisted>=1.14" "pytest-timeout>=2.3"
+# mypy-zope: Twisted declares its interfaces with zope.interface, which mypy reads only with it.
+LINT_DEPS := "ruff==0.17.6" "mypy==2.4.1" "mypy-zope==1.0.17"
 WHEEL_DIR := target/wheels
 
 .PHONY: all build-dev wheel test test-rust test-python test-python-old lint format demo bench clean
 
 all: build-dev
 
-$(VENV)/.ok:
+# Remade when this file changes, so a pin added here reaches an existing .venv.
+$(VENV)/.ok: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "scrapy==2.19.0" $(TEST_DEPS) "maturin>=1.7,<2" "ruff==0.17.6"
+	$(PY) -m pip install -q "scrapy==2.19.0" $(TEST_DEPS) "maturin>=1.7,<2" $(LINT_DEPS)
 	touch $@
 
 $(VENV_OLD)/.ok:
@@ -39,13 +42,17 @@ wheel: $(VENV)/.ok
 	$(VENV)/bin/maturin build --release -q -o $(WHEEL_DIR)
 	$(VENV)/bin/maturin build --release -q --features py39 -o $(WHEEL_DIR)
 
-lint: $(VENV)/.ok
+## lint: rustfmt, clippy, ruff; mypy --strict on the package, and stubtest of _core.pyi
+## against the built module (hence build-dev first)
+lint: build-dev
 	cargo fmt --check
 	cargo clippy -q --all-targets -- -D warnings
 	cargo clippy -q --all-targets --features python -- -D warnings
 	cargo clippy -q --lib --features py39 -- -D warnings
 	$(VENV)/bin/ruff check python tests examples benches
 	$(VENV)/bin/ruff format --check python tests examples benches
+	$(PY) -m mypy
+	$(PY) -m mypy.stubtest --mypy-config-file pyproject.toml scrapy_hexproxy._core
 
 format: $(VENV)/.ok
 	cargo fmt

@@ -9,16 +9,13 @@ List them in ``DOWNLOADER_MIDDLEWARES``::
     }
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
+# Plain imports, so help(), dir() and type checkers see the public names. Importing the package
+# imports Scrapy but installs no reactor: nothing here or below touches twisted.internet.reactor
+# at import time (tests/test_public_api.py checks it).
+from ._banpolicy import BanPolicy
 from ._core import __version__
-
-if TYPE_CHECKING:
-    from ._banpolicy import BanPolicy
-    from ._settings import HexProxyConfigError
-    from .middlewares import HexProxyMiddleware, SmartRetryMiddleware
+from ._settings import HexProxyConfigError
+from .middlewares import HexProxyMiddleware, SmartRetryMiddleware
 
 __all__ = [
     "BanPolicy",
@@ -27,21 +24,3 @@ __all__ = [
     "SmartRetryMiddleware",
     "__version__",
 ]
-
-_LAZY = {
-    "HexProxyMiddleware": "middlewares",
-    "SmartRetryMiddleware": "middlewares",
-    "HexProxyConfigError": "_settings",
-    "BanPolicy": "_banpolicy",
-}
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy so that the pytest plugin (loaded in every project that installs us) stays cheap
-    # and importing the package never pulls in Twisted's reactor.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'scrapy_hexproxy' has no attribute {name!r}")
-    from importlib import import_module
-
-    return getattr(import_module(f"{__name__}.{module}"), name)

@@ -5,39 +5,57 @@ from typing import Any, Final, Protocol, TypedDict, final
 
 from scrapy import Request, Spider
 from scrapy.http import Response
-from typing_extensions import Self, Unpack
+from typing_extensions import Self, Unpack, disjoint_base
+
+__all__ = [
+    "ATTEMPT_KEY",
+    "AUTH_FAILED",
+    "BAN_KEY",
+    "BLACKLISTED",
+    "DEFAULT_USERNAME_TEMPLATE",
+    "FAILED",
+    "FAILED_KEY",
+    "NOT_BEFORE_KEY",
+    "PROXY_REJECTED",
+    "ROTATED",
+    "SESSION_KEY",
+    "SETTINGS",
+    "SWITCH_KEY",
+    "Core",
+    "HookState",
+    "ProxyHooks",
+    "RetryHooks",
+    "Setting",
+    "__version__",
+    "attempt_of",
+]
 
 __version__: Final[str]
 """Version of the package, from Cargo.toml."""
 
 BLACKLISTED: Final = 1
-"""Flag returned by ``record_*``: this failure blacklisted the session."""
+"""Flag of a settled attempt (``Core.record``, ``Runtime.report``): this failure blacklisted the
+session."""
 
 AUTH_FAILED: Final = 2
-"""Flag returned by ``record_status`` / ``record_refusal``: this 407 reached
+"""Flag of a settled attempt: this 407 reached
 ``auth_failures_to_close`` in a row. Returned once per ``Core``; ``Core.auth_failed`` stays true
 from then on, and ``pick`` hands out no session any more."""
 
 FAILED: Final = 4
-"""Flag returned by ``record_*``: the attempt counted as a failure of its session."""
+"""Flag of a settled attempt: it counted as a failure of its session."""
 
 PROXY_REJECTED: Final = 8
-"""Flag returned by ``record_status`` / ``record_refusal``, proxy list only: this 407 brought the
+"""Flag of a settled attempt, proxy list only: this 407 brought the
 session's proxy to ``auth_failures_to_close`` consecutive 407s (again, after a success)."""
 
 DEFAULT_USERNAME_TEMPLATE: Final = "{user}-session-{session}"
 """The default ``username_template``: the gateway username of the original guide."""
 
 ROTATED: Final = 16
-"""Flag returned by ``record_*`` with ``BLACKLISTED`` when ``on_blacklist="rotate"``: the
+"""Flag of a settled attempt, with ``BLACKLISTED`` when ``on_blacklist="rotate"``: the
 session's slot took a new id at once instead of cooling down; the new session's number is the
 old one plus ``pool_size``."""
-
-PASS: Final = 0
-"""``decide_retry``: not a retry case, hand the response or exception on unchanged."""
-
-RETRY: Final = 1
-"""``decide_retry``: schedule a retry (counted in ``hex_proxy/retry``)."""
 
 ATTEMPT_KEY: Final = "_hex_attempt"
 """Meta key of the attempt in flight: a first attempt in session scope carries its session
@@ -62,9 +80,6 @@ the request alone (no session, no retry, no stats)."""
 NOT_BEFORE_KEY: Final = "_hex_not_before"
 """Meta key of a paced retry: the time on the core's clock (``Core.now``) before which it must
 not be sent."""
-
-GIVE_UP: Final = 2
-"""``decide_retry``: retryable but out of retries (counted in ``hex_proxy/retry/max_exceeded``)."""
 
 @final
 class Setting:
@@ -143,7 +158,7 @@ class Core:
     a number no session had before. Every method that takes a ``number`` raises
     ``IndexError`` for one no slot can have. Every operation is O(1) at any pool size.
 
-    ``host`` (in ``pick``, ``record_*``, ``next_live_in``): the request's target host. In ban
+    ``host`` (in ``pick``, ``record``, ``next_live_in``): the request's target host. In ban
     scope ``"domain"`` failures and blacklists are kept per (slot, host) and there is no global
     blacklist (``None`` stands for the empty host); in scope ``"session"`` it is ignored.
     """
@@ -193,54 +208,21 @@ class Core:
     def slot(self, number: int) -> int:
         """The slot of the session: ``number % pool_size``."""
 
-    def record_status(self, number: int, status: int, host: str | None = None) -> int:
-        """Count a response on the session. A status in ``failure_codes`` is a failure (stat
-        ``hex_proxy/failure/<status>``); any other status is a success that resets the session's
-        consecutive failures. A 407 counts towards ``auth_failures_to_close`` whatever the
-        failure codes; a success resets that count. Returns ``FAILED | BLACKLISTED | ROTATED |
-        AUTH_FAILED`` flags. A failure on a session that is already cooling, or whose slot has
-        moved on to a new id since, is counted in the stats only (and such a success resets
-        nothing)."""
-
-    def record_response(
-        self, number: int, status: int, failed: bool, host: str | None = None
+    def record(
+        self,
+        number: int,
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+        host: str | None = None,
     ) -> int:
-        """Count a response as a ban policy judged it: ``failed`` (a ban) is a failure of the
-        session, counted under ``hex_proxy/failure/<status>`` when the status is one of
-        ``failure_codes`` and under ``hex_proxy/failure/ban`` otherwise; not ``failed`` is a
-        success, whatever the status. A 407 counts towards ``auth_failures_to_close`` either
-        way. Returns flags as ``record_status``."""
-
-    def record_ban(self, number: int, host: str | None = None) -> int:
-        """Count a ban without a status (a ban policy's verdict on an exception that is no
-        transport failure) as a failure, stat ``hex_proxy/failure/ban``. Returns ``FAILED``,
-        with ``BLACKLISTED`` (and ``ROTATED``) when it blacklisted the session."""
-
-    def record_success(self, number: int, host: str | None = None) -> None:
-        """Count an attempt that worked but whose status was not seen (e.g. a redirect):
-        resets the session's consecutive failures and the consecutive 407s."""
-
-    def record_exception(self, number: int, reason: str, host: str | None = None) -> int:
-        """Count a transport exception on the session as a failure; ``reason`` (the exception
-        class name) names the stat ``hex_proxy/failure/<reason>``. Returns ``FAILED``, with
-        ``BLACKLISTED`` (and ``ROTATED``) when it blacklisted the session."""
-
-    def record_refusal(self, number: int, status: int, host: str | None = None) -> int:
-        """Count a CONNECT tunnel the gateway refused with ``status``: always a failure of the
-        session, stat ``hex_proxy/failure/<status>`` (``TunnelError`` outside 100..599); a 407
-        also counts towards ``auth_failures_to_close``. Returns ``FAILED | BLACKLISTED |
-        ROTATED | AUTH_FAILED`` flags."""
-
-    def decide_retry(
-        self, status: int | None, retry_times: int, max_retry_times: int | None = None
-    ) -> int:
-        """Whether to retry: ``PASS``, ``RETRY`` or ``GIVE_UP``.
-
-        ``status`` is the response status, or ``None`` for a transport exception or a ban
-        (always retryable); a status is retryable when it is in ``retry_codes``, except a 407 once
-        ``auth_failed``. ``retry_times`` is the number of retries already done (the request's
-        ``retry_times`` meta); ``max_retry_times`` (meta) overrides ``max_retries``. Counts
-        ``RETRY`` and ``GIVE_UP`` in the stats."""
+        """Count an outcome on the session directly, as the ledger would (for tests and
+        benchmarks; a crawl's attempts are settled by the hooks): a response's ``status`` (a
+        failure when it is one of ``failure_codes``, else a success that resets the session's
+        consecutive failures; a 407 counts towards ``auth_failures_to_close``) or a transport
+        exception named ``reason`` (stat ``hex_proxy/failure/<reason>``). Returns ``FAILED |
+        BLACKLISTED | ROTATED | AUTH_FAILED | PROXY_REJECTED`` flags. ``ValueError`` unless
+        exactly one of ``status`` and ``reason`` is given."""
 
     def retry_wait(self, retry_times: int, retry_after: float | None = None) -> float:
         """Seconds the retry whose ``retry_times`` (meta, 1 for the first retry) is ``n`` waits
@@ -324,25 +306,58 @@ class Core:
         """``(kept, dropped)`` sources of the list entries that repeated an earlier entry exactly
         (same URL and credentials); empty with a gateway."""
 
+def attempt_of(token: int | tuple[Any, ...]) -> tuple[int, int, str | None]:
+    """``(session number, retry_times when it was sent, target host)`` of an attempt token
+    (``meta[ATTEMPT_KEY]``); the host is ``None`` in session scope."""
+
+class _Probes(Protocol):
+    """What ``scrapy_hexproxy._scrapy.Probes`` found (the wall's probes)."""
+
+    @property
+    def public_api_only(self) -> bool: ...
+    @property
+    def lazy_headers_type(self) -> type | None: ...
+    @property
+    def response_flags_slot(self) -> bool: ...
+    @property
+    def headers_are_dicts(self) -> bool: ...
+    @property
+    def auth_proxy_key(self) -> str | None: ...
+    @property
+    def tunnel_error(self) -> type[BaseException]: ...
+    @property
+    def transport_exceptions(self) -> tuple[type[BaseException], ...]: ...
+
 class _Runtime(Protocol):
     """What the hooks need of ``scrapy_hexproxy._runtime.Runtime``."""
 
     core: Core
+    @property
+    def probes(self) -> _Probes: ...
     proxy_url: str | None
-    fresh_headers_type: type | None
-    response_flags_slot: bool
     bind_cookiejar: bool
     user_agents: tuple[bytes, ...] | None
     default_user_agent: bytes | None
     ban_policy: Any
     """The ``HEX_PROXY_BAN_POLICY`` instance, or None; read once, when the hooks are made."""
+    hooks: HookState
 
+@final
+class HookState:
+    """What both hook classes of a crawl share (made once, by the runtime, as ``hooks``): the
+    core, the route and credentials, what the probes allow, the identity switches."""
+
+    def __new__(cls, runtime: _Runtime) -> Self: ...
+
+# Native base classes with their own instance layout: a class cannot derive from both.
+@disjoint_base
 class ProxyHooks:
     """The per-request hooks of ``HexProxyMiddleware``, which subclasses this.
 
-    The subclass keeps the runtime in ``self._runtime``; the hooks call its
-    ``settle_unobserved``, ``wait_and_assign``, ``wait_until_due`` and ``_settled`` on the rare
-    paths, and with a ban policy its ``response_is_ban`` (and ``bad_verdict``).
+    The subclass keeps the runtime in ``self._runtime``; the hooks read its ``hooks`` and call
+    its ``report`` (a blacklist, a rejected proxy, the stop), ``wait_and_assign``,
+    ``wait_until_due`` and ``wake`` on the rare paths, and with a ban policy its
+    ``response_is_ban`` and ``exception_is_ban`` (and ``bad_verdict``).
     """
 
     def __new__(cls, runtime: _Runtime, *args: Any, **kwargs: Any) -> Self: ...
@@ -352,30 +367,51 @@ class ProxyHooks:
         """Give the attempt a session: ``meta["proxy"]``, ``meta["hex_session"]``, the attempt
         token and the ``Proxy-Authorization`` header; with ``bind_cookiejar``,
         ``meta["cookiejar"]`` (the session id) unless the user chose the jar; with
-        ``user_agents``, the session's ``User-Agent`` unless the user chose one. With no live
-        session, return the runtime's coroutine that waits for one. A paced retry that still
-        carries ``NOT_BEFORE_KEY`` (it bypassed the scheduler) gets the runtime's coroutine that
-        waits until it is due, then does all this. A request with ``meta["hex_proxy"] = False``
-        gets nothing; what an earlier attempt of ours put on it is taken off."""
+        ``user_agents``, the session's ``User-Agent`` unless the user chose one. An earlier
+        attempt whose outcome never reached us is settled first. With no live session, return
+        the runtime's coroutine that waits for one. A paced retry that still carries
+        ``NOT_BEFORE_KEY`` (it bypassed the scheduler) gets the runtime's coroutine that waits
+        until it is due, then does all this. A request with ``meta["hex_proxy"] = False`` gets
+        nothing; what an earlier attempt of ours put on it is taken off."""
 
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Response:
-        """Count the response against the attempt's session (once; never a cached one). With a
-        ban policy, its verdict decides; a ban is left in ``meta[BAN_KEY]`` for the retry
+        """Settle the attempt (once; a cached response is nobody's outcome). With a ban
+        policy, its verdict decides; a ban is left in ``meta[BAN_KEY]`` for the retry
         middleware."""
 
-    def assign(self, request: Request, number: int) -> None:
-        """Send the attempt through session ``number`` (as ``Core.pick`` returns it)."""
+    def process_exception(
+        self, request: Request, exception: BaseException, spider: Spider | None = None
+    ) -> None:
+        """Settle the attempt on a download exception: a transport failure counts against the
+        session (a refused CONNECT under the proxy's status), a programming error against
+        nobody; with a ban policy, its verdict decides."""
 
+    def assign(self, request: Request, number: int) -> None:
+        """Send the attempt through session ``number``, whatever its state."""
+
+    def try_assign(self, request: Request) -> bool:
+        """Send the attempt through a live session, avoiding those that failed the request;
+        ``False`` when none is live."""
+
+@disjoint_base
 class RetryHooks:
-    """The per-response hook of ``SmartRetryMiddleware``, which subclasses this and provides
-    ``_retry(request, status, reason, response) -> Request | None`` and ``self._runtime``."""
+    """The per-response and per-exception hooks of ``SmartRetryMiddleware``, which subclasses
+    this and provides ``self._runtime`` and ``_retry(request, give_up, reason, status,
+    response) -> Request | None``, called when the ledger decided a retry (or that the request
+    is out of retries, ``give_up``)."""
 
     def __new__(cls, runtime: _Runtime, *args: Any, **kwargs: Any) -> Self: ...
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Request | Response:
-        """Count the response as ``ProxyHooks.process_response`` does; for a status in the
-        retry codes or a ban (and no ``dont_retry``, no ``meta["hex_proxy"] = False``) return
-        ``self._retry(...)`` or the response."""
+        """Settle the attempt as ``ProxyHooks.process_response`` does, then decide: for a
+        status in the retry codes or a ban (and no ``dont_retry``, no ``meta["hex_proxy"] =
+        False``, retries left) return ``self._retry(...)``'s copy, else the response."""
+
+    def process_exception(
+        self, request: Request, exception: BaseException, spider: Spider | None = None
+    ) -> Request | None:
+        """Settle as ``ProxyHooks.process_exception`` does, then decide as for a response: a
+        transport failure (or a ban) is retried; ``None`` hands the exception on."""

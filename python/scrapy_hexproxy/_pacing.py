@@ -24,8 +24,8 @@ import itertools
 import logging
 import re
 import time
-from http.cookiejar import http2time
-from typing import TYPE_CHECKING, Any
+from http import cookiejar
+from typing import TYPE_CHECKING, Any, Callable
 
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider, IgnoreRequest
@@ -52,6 +52,10 @@ RETRY_AFTER_STATUSES = (429, 503)
 # RFC 9110 delay-seconds is 1*DIGIT; a fraction is accepted too, as some servers send one.
 _DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
+# Reads every HTTP-date form (RFC 9110 5.6.7: IMF-fixdate, RFC 850, asctime); public in the
+# module but missing from typeshed's stub of it.
+_http2time: Callable[[str], float | None] = cookiejar.http2time  # type: ignore[attr-defined]
+
 
 def retry_after_seconds(response: Response) -> float | None:
     """The seconds a ``Retry-After`` header asks for; None if absent or malformed.
@@ -66,11 +70,11 @@ def retry_after_seconds(response: Response) -> float | None:
     text = value.decode("latin-1").strip()
     if _DELAY_SECONDS.fullmatch(text):
         return float(text)
-    when = http2time(text)
+    when = _http2time(text)
     if when is None:
         return None
     date = response.headers.get(b"Date")
-    now = http2time(date.decode("latin-1")) if date else None
+    now = _http2time(date.decode("latin-1")) if date else None
     if now is None:
         now = time.time()
     return max(0.0, when - now)
@@ -152,6 +156,7 @@ class Pacer:
         self._cancel_timer()
         now = self._core.now()
         due: list[Request] = []
+        engine: Any  # Scrapy's ExecutionEngine, or None before the crawl starts
         try:
             engine = getattr(self._crawler, "engine", None)
         except RuntimeError:  # Scrapy >= 2.14 raises before the crawl starts

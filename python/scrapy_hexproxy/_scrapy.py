@@ -123,8 +123,8 @@ def _lazy_headers_type() -> type | None:
     fresh = dict.__new__(Headers)
     fresh.encoding = "ascii"
     meta: dict[str, Any] = {}
-    probe._headers = fresh  # type: ignore[attr-defined]
-    probe._meta = meta  # type: ignore[attr-defined]
+    probe._headers = fresh
+    probe._meta = meta
     if made_state != {"encoding": "ascii"} or probe.headers is not fresh or probe.meta is not meta:
         return None
     return Headers
@@ -139,7 +139,7 @@ def _response_flags_slot() -> bool:
     if getattr(plain, "_flags", False) is not None:
         return False
     cached = Response(_PROBE_URL, flags=["cached"])
-    return cached._flags == ["cached"] and cached.flags is cached._flags  # type: ignore[attr-defined]
+    return cached._flags == ["cached"] and cached.flags is cached._flags
 
 
 def _headers_are_dicts() -> bool:
@@ -176,9 +176,9 @@ def _auth_proxy_key() -> str | None:
     middleware = HttpProxyMiddleware()
     try:
         try:
-            middleware.process_request(request)  # type: ignore[call-arg]
+            middleware.process_request(request)
         except TypeError:  # Scrapy < 2.13 takes the spider
-            middleware.process_request(request, None)  # type: ignore[arg-type]
+            middleware.process_request(request, None)
     except Exception:
         return None
     added = [key for key in request.meta if key not in before]

@@ -700,8 +700,8 @@ class Gateway:
         out: dict[str, int] = {}
         with self._lock:
             for r in self._records:
-                if r.is_attempt:
-                    out[r.session] = out.get(r.session, 0) + 1  # type: ignore[index]
+                if r.is_attempt and r.session is not None:  # an attempt always has a session
+                    out[r.session] = out.get(r.session, 0) + 1
         return out
 
     def reset(self) -> None:
@@ -709,8 +709,20 @@ class Gateway:
         with self._lock:
             self._records.clear()
 
-    def _record(self, *args: str | None) -> None:
-        rec = Record(*args, at=time.monotonic())  # type: ignore[arg-type]
+    def _record(
+        self,
+        session: str | None,
+        kind: str,
+        method: str,
+        target: str,
+        outcome: str,
+        username: str | None,
+        user_agent: str | None = None,
+        cookie: str | None = None,
+    ) -> None:
+        rec = Record(
+            session, kind, method, target, outcome, username, user_agent, cookie, time.monotonic()
+        )
         with self._lock:
             self._records.append(rec)
 
@@ -860,7 +872,7 @@ class Gateway:
     ) -> bool:
         """Apply ``behavior`` to an authenticated request; False when the connection must close."""
         head = req.method == "HEAD"
-        extra = (("X-Hex-Session", session),)
+        extra: tuple[tuple[str, str], ...] = (("X-Hex-Session", session),)
         seen = (req.header("user-agent"), req.header("cookie"))
         if behavior.action == "close":
             self._record(session, kind, req.method, url, "closed", username, *seen)

@@ -1,7 +1,10 @@
 """pytest fixtures for crawling through a loopback hexproxy gateway.
 
-Registered through the ``pytest11`` entry point, so pytest loads this module in every project
-where scrapy-hexproxy is installed: it imports nothing but pytest at import time.
+Registered through the ``pytest11`` entry point (``-p no:hexproxy`` turns it off), so pytest
+loads this module in every project where scrapy-hexproxy is installed. It is a top-level module,
+outside the package, because importing anything inside ``scrapy_hexproxy`` runs its
+``__init__``, which imports Scrapy and Twisted (about 0.4 s) so that the public names are real;
+here only pytest is imported until a fixture is used.
 
 * ``hexproxy_gateway`` -- a started :class:`scrapy_hexproxy.testing.Gateway` on 127.0.0.1,
   stopped after the test.
