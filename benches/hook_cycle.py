@@ -51,21 +51,21 @@ class FloorMiddleware:
         return response
 
 
-def ours(size: int) -> tuple[Any, Any]:
+def ours(size: int, seed: int | None = None) -> tuple[Any, Any]:
     from scrapy_hexproxy import HexProxyMiddleware, SmartRetryMiddleware
 
-    crawler = get_crawler(
-        Spider,
-        {
-            "HEX_PROXY_GATEWAY": PROXY,
-            "HEX_PROXY_USER": "USER",
-            "HEX_PROXY_PASS": "PASS",
-            "HEX_PROXY_SESSION_POOL_SIZE": size,
-            "DOWNLOADER_MIDDLEWARES": {
-                "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
-            },
+    settings: dict[str, Any] = {
+        "HEX_PROXY_GATEWAY": PROXY,
+        "HEX_PROXY_USER": "USER",
+        "HEX_PROXY_PASS": "PASS",
+        "HEX_PROXY_SESSION_POOL_SIZE": size,
+        "DOWNLOADER_MIDDLEWARES": {
+            "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
         },
-    )
+    }
+    if seed is not None:  # the same picks in every run (instructions.py)
+        settings["HEX_PROXY_SEED"] = seed
+    crawler = get_crawler(Spider, settings)
     return HexProxyMiddleware.from_crawler(crawler), SmartRetryMiddleware.from_crawler(crawler)
 
 

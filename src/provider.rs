@@ -51,23 +51,17 @@ impl Provider {
 #[derive(Clone)]
 pub struct Gateway {
     user: String,
+    /// Kept here only; each header copies it, after the username, onto the stack buffer the
+    /// base64 crate encodes from (one slice).
+    password: String,
     /// The username with the user filled in, cut where the session id goes:
     /// `"{user}_sid_{session}-cc"` is `["USER_sid_", "-cc"]`. At least two pieces.
     pieces: Box<[String]>,
-    /// What follows the last session id in "username:password": the last piece, ':' and the
-    /// password.
-    tail: String,
-    /// `tails[k]` is the base64 of `tail` from byte `k` on. A header encodes the bytes before
-    /// the tail together with the first `k` bytes of it, `k` making them a multiple of 3; the
-    /// rest then encodes the same in every header, so it is encoded once.
-    tails: [String; 3],
-    /// "Basic " and the base64 of the first piece's bytes up to the last multiple of 3 of its
-    /// length: they encode the same in every header, so they are encoded once.
+    /// "Basic " and the base64 of the first `head_bytes` bytes of the first piece, the most a
+    /// multiple of 3 can take: they encode the same in every header, so they are encoded once.
     /// (The first piece comes before any session id and the password: no secret is in it.)
     head: String,
-    /// The template's bytes between `head` and the last id (the rest of the first piece and
-    /// the pieces between ids): with the ids, what a header encodes per session.
-    between: usize,
+    head_bytes: usize,
 }
 
 impl Gateway {
@@ -79,18 +73,12 @@ impl Gateway {
             "{BASIC}{}",
             STANDARD.encode(&pieces[0].as_bytes()[..head_bytes])
         );
-        let tail = format!("{}:{password}", pieces[pieces.len() - 1]);
-        let tails =
-            [0, 1, 2].map(|k| STANDARD.encode(tail.as_bytes().get(k..).unwrap_or_default()));
-        let inner = &pieces[1..pieces.len() - 1];
-        let between = pieces[0].len() - head_bytes + inner.iter().map(String::len).sum::<usize>();
         Ok(Self {
             user,
+            password,
             pieces,
-            tail,
-            tails,
             head,
-            between,
+            head_bytes,
         })
     }
 
@@ -119,24 +107,18 @@ impl Gateway {
 
     /// The length of `proxy_authorization(id)`.
     pub fn proxy_authorization_len(&self, id: &SessionId) -> usize {
-        // `head` encodes a multiple of 3 bytes: the rest is encoded on its own.
-        self.head.len() + (self.middle_len(id) + self.tail.len()).div_ceil(3) * 4
+        BASIC.len() + self.pair_len(id).div_ceil(3) * 4
     }
 
     /// Writes `proxy_authorization(id)` into `out`, which has exactly its length. The binding
     /// writes straight into the Python bytes object.
     pub fn write_proxy_authorization(&self, id: &SessionId, out: &mut [u8]) {
-        // Only the bytes from the end of `head` to the end of the last id change with the
-        // session; they are encoded with the first `k` bytes of the tail, then the encoded rest
-        // of the tail is copied. On the stack when they fit (they do for any usual template).
-        let middle = self.middle_len(id);
-        let id = id.as_bytes();
-        let inner = &self.pieces[1..self.pieces.len() - 1];
-        let k = ((3 - middle % 3) % 3).min(self.tail.len());
-        let len = middle + k;
-        let mut stack = [0_u8; 64];
+        // "username:password" but the bytes `head` encodes, on the stack when it fits (it does
+        // for any usual template).
+        let len = self.pair_len(id) - self.head_bytes;
+        let mut stack = [0_u8; 256];
         let mut heap = Vec::new();
-        let varying: &mut [u8] = if len <= stack.len() {
+        let pair: &mut [u8] = if len <= stack.len() {
             &mut stack[..len]
         } else {
             heap.resize(len, 0);
@@ -144,31 +126,23 @@ impl Gateway {
         };
         let mut at = 0;
         let mut put = |bytes: &[u8]| {
-            varying[at..at + bytes.len()].copy_from_slice(bytes);
+            pair[at..at + bytes.len()].copy_from_slice(bytes);
             at += bytes.len();
         };
-        let first = self.pieces[0].as_bytes();
-        put(&first[first.len() / 3 * 3..]);
-        for piece in inner {
-            put(id);
+        put(&self.pieces[0].as_bytes()[self.head_bytes..]);
+        for piece in &self.pieces[1..] {
+            put(id.as_bytes());
             put(piece.as_bytes());
         }
-        put(id);
-        put(&self.tail.as_bytes()[..k]);
-        debug_assert_eq!(at, len, "the bytes fill their buffer");
+        put(b":");
+        put(self.password.as_bytes());
+        debug_assert_eq!(at, len, "the pair fills its buffer");
         let head = self.head.len();
         out[..head].copy_from_slice(self.head.as_bytes());
-        let (encoded, rest) = out[head..].split_at_mut(len.div_ceil(3) * 4);
-        if len % 3 == 0 {
-            encode_groups(varying, encoded);
-        } else {
-            // Only when the tail is shorter than 2 bytes (no password), so it is all encoded
-            // here, padding included.
-            STANDARD
-                .encode_slice(&*varying, encoded)
-                .expect("out has the header's length");
-        }
-        rest.copy_from_slice(self.tails[k].as_bytes());
+        let written = STANDARD
+            .encode_slice(&*pair, &mut out[head..])
+            .expect("out has the header's length");
+        debug_assert_eq!(head + written, out.len());
     }
 
     fn username_len(&self, id: &SessionId) -> usize {
@@ -176,24 +150,9 @@ impl Gateway {
         text + (self.pieces.len() - 1) * id.as_bytes().len()
     }
 
-    /// Length of the bytes from the end of `head` to the end of the last id.
-    fn middle_len(&self, id: &SessionId) -> usize {
-        self.between + (self.pieces.len() - 1) * id.as_bytes().len()
-    }
-}
-
-/// Standard base64 of `bytes`, a multiple of 3 long, into `out`, 4/3 as long (so no padding).
-/// The few bytes of a header that change with the session, made for every attempt: for them
-/// the base64 crate's set-up would cost more than the encoding.
-fn encode_groups(bytes: &[u8], out: &mut [u8]) {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    debug_assert_eq!(bytes.len() % 3, 0);
-    debug_assert_eq!(bytes.len() / 3 * 4, out.len());
-    for (group, out) in bytes.chunks_exact(3).zip(out.chunks_exact_mut(4)) {
-        let bits = u32::from(group[0]) << 16 | u32::from(group[1]) << 8 | u32::from(group[2]);
-        for (i, char) in out.iter_mut().enumerate() {
-            *char = ALPHABET[(bits >> (18 - 6 * i) & 63) as usize];
-        }
+    /// Length of "username:password".
+    fn pair_len(&self, id: &SessionId) -> usize {
+        self.username_len(id) + 1 + self.password.len()
     }
 }
 
@@ -607,57 +566,43 @@ mod tests {
     }
 
     #[test]
-    fn bytes_too_long_for_the_stack_buffer_are_written_whole() {
-        // What varies with the session (up to the end of the last id, plus at most two bytes of
-        // the tail, a multiple of 3 in all) is built on a 64-byte stack buffer, on the heap
-        // beyond it: with two ids of 4 bytes, an inner piece of 55 makes 63 bytes, the most
-        // that fits; from 56 on they go to the heap.
-        for inner_len in [50, 54, 55, 56, 57, 58, 100, 5000] {
-            let inner = "x".repeat(inner_len);
-            let template = format!("{{session}}{inner}{{session}}-{{user}}");
-            let gateway = Gateway::new("USER".into(), "PASS".into(), &template).unwrap();
+    fn a_pair_too_long_for_the_stack_buffer_is_written_whole() {
+        // "username:password" is built on a 256-byte stack buffer, on the heap beyond it
+        // ("USER-s007:" is 10 bytes: a 246-byte password fills the buffer exactly).
+        for password_len in [200, 245, 246, 247, 300, 5000] {
+            let password = "p".repeat(password_len);
+            let gateway =
+                Gateway::new("USER".into(), password.clone(), "{user}-{session}").unwrap();
             let id = SessionId::new(7);
             let header = gateway.proxy_authorization(&id);
             assert_eq!(
                 header,
-                basic(&format!("s007{inner}s007-USER:PASS")),
-                "{inner_len}"
+                basic(&format!("USER-s007:{password}")),
+                "{password_len}"
             );
             assert_eq!(header.len(), gateway.proxy_authorization_len(&id));
         }
-        // The password is never on it: a long one is copied already encoded.
-        let password = "p".repeat(5000);
-        let gateway = Gateway::new("USER".into(), password.clone(), "{user}-{session}").unwrap();
-        let id = SessionId::new(7);
-        let header = gateway.proxy_authorization(&id);
-        assert_eq!(header, basic(&format!("USER-s007:{password}")));
-        assert_eq!(header.len(), gateway.proxy_authorization_len(&id));
     }
 
     #[test]
     fn headers_match_a_whole_encoding_at_every_alignment() {
-        // Every length mod 3 of the first piece, of what lies between and after the ids, of
-        // the id and of the password, with one, two and three ids.
+        // Every length mod 3 of the first piece (`head` encodes a multiple of 3 of it) and of
+        // the whole pair (the padding), with one and two ids of every length mod 3.
         let texts = ["", "a", "ab", "abc", "abcd"];
-        for user in ["u", "us", "use"] {
-            // No password is refused by the settings; here it makes a tail of 1 byte.
-            for password in ["", "p", "pa", "pas", "pass"] {
-                for before in texts {
-                    for after in texts {
-                        for ids in 1..=3 {
-                            let template = format!(
-                                "{before}{{user}}{}{after}",
-                                format!("{{session}}{after}").repeat(ids)
-                            );
-                            let gateway =
-                                Gateway::new(user.into(), password.into(), &template).unwrap();
-                            for number in [0, 1_000, 10_000, 100_000_000] {
-                                let id = SessionId::new(number);
-                                let pair = format!("{}:{password}", gateway.username(&id));
-                                let header = gateway.proxy_authorization(&id);
-                                assert_eq!(header, basic(&pair), "{template} {number}");
-                                assert_eq!(header.len(), gateway.proxy_authorization_len(&id));
-                            }
+        for before in texts {
+            for user in ["u", "us", "use"] {
+                // No password is refused by the settings; the encoding does not care.
+                for password in ["", "p", "pa", "pas"] {
+                    for ids in 1..=2 {
+                        let template = format!("{before}{{user}}{}", "-{session}".repeat(ids));
+                        let gateway =
+                            Gateway::new(user.into(), password.into(), &template).unwrap();
+                        for number in [0, 1_000, 10_000, 100_000_000] {
+                            let id = SessionId::new(number);
+                            let pair = format!("{}:{password}", gateway.username(&id));
+                            let header = gateway.proxy_authorization(&id);
+                            assert_eq!(header, basic(&pair), "{template} {number}");
+                            assert_eq!(header.len(), gateway.proxy_authorization_len(&id));
                         }
                     }
                 }
@@ -690,7 +635,7 @@ mod tests {
         let shown = format!("{:?}", Provider::Gateway(gateway("{user}-x-{session}")));
         assert!(shown.contains("USER") && shown.contains("-x-"), "{shown}");
         assert!(!shown.contains("PASS"), "{shown}");
-        // Nor the password in base64, as the gateway keeps it (the tail, from each alignment).
+        // Nor the password in base64, at any alignment.
         for k in 0..3 {
             let encoded = STANDARD.encode(&b":PASS"[k..]);
             assert!(!shown.contains(encoded.trim_end_matches('=')), "{shown}");
