@@ -102,10 +102,12 @@ def _lazy_headers_type() -> type | None:
 
     Scrapy >= 2.15 keeps a request's meta, headers and encoding in the slots ``_meta``,
     ``_headers`` and ``_encoding``, and makes the meta dict and the headers on first use (None
-    until then); ``Headers.__init__`` only stores ``encoding`` (and what it is given). Going
-    through the public properties and ``Headers.__init__`` costs Python calls on every request,
-    half of the middlewares' own per-request cost. This checks each of those facts on real
-    objects of the installed Scrapy.
+    until then); ``Headers.__init__`` only stores ``encoding`` (and what it is given), and from
+    2.18 on ``Headers.__new__`` is ``dict.__new__`` (2.15 ... 2.17 run a deprecation check in
+    ``CaselessDict.__new__``), so the whole of it holds from 2.18. Going through the public
+    properties and ``Headers.__init__`` costs Python calls on every request, half of the
+    middlewares' own per-request cost. This checks each of those facts on real objects of the
+    installed Scrapy.
     """
     from scrapy import Request
     from scrapy.http.headers import Headers
@@ -132,7 +134,8 @@ def _lazy_headers_type() -> type | None:
 
 def _response_flags_slot() -> bool:
     """Whether a response keeps its flags in the slot ``_flags``, None until first use, so the
-    core may read it instead of the ``flags`` property."""
+    core may read it instead of the ``flags`` property (Scrapy >= 2.15; 2.11 ... 2.14 keep a
+    plain attribute)."""
     from scrapy.http import Response
 
     plain = Response(_PROBE_URL)

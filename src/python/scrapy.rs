@@ -5,9 +5,10 @@
 //!
 //! - a request's meta, headers and encoding: the `__slots__` members `_meta`, `_headers`,
 //!   `_encoding` (None until first use), reached through their member descriptors, and new
-//!   `Headers` made as `dict.__new__` makes them; else `request.meta` / `request.headers`;
-//! - a response's `status` and `flags`: member descriptors where they are slots (the flags in
-//!   `_flags`, None until first use); else the attributes by name;
+//!   `Headers` made as `dict.__new__` makes them (Scrapy >= 2.18); else `request.meta` /
+//!   `request.headers`;
+//! - a response's `status` and `flags`: member descriptors where they are slots (Scrapy >=
+//!   2.15; the flags in `_flags`, None until first use); else the attributes by name;
 //! - header storage: `Headers` is a dict of normalised names to lists of bytes, written with
 //!   the dict's own functions; else through `Headers.__setitem__` and friends;
 //! - Scrapy's HttpProxyMiddleware's note of which proxy a `Proxy-Authorization` header belongs
@@ -204,10 +205,11 @@ struct RequestSlots {
 /// How the hooks reach into Scrapy's objects, as the probes found them.
 pub struct Scrapy {
     /// `Some` when a request keeps its meta, headers and encoding in slots, None until first
-    /// use, and `Headers` can be made without running its `__init__`; `None`: always go
-    /// through `request.meta` and `request.headers`.
+    /// use, and `Headers` can be made without running its `__init__` (Scrapy >= 2.18); `None`:
+    /// always go through `request.meta` and `request.headers`.
     request: Option<RequestSlots>,
-    /// The response's flags in the slot `_flags` (None until first use); `None`: `flags`.
+    /// The response's flags in the slot `_flags` (None until first use; Scrapy >= 2.15);
+    /// `None`: `flags`.
     flags_slot: Option<Member>,
     status: Member,
     /// `Headers` may be written with the dict's own functions.
