@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import scrapy
 from scrapy.crawler import CrawlerRunner
+from scrapy.settings import default_settings
 from scrapy.utils.test import get_crawler
 
 from scrapy_hexproxy._runtime import Runtime
@@ -23,6 +24,16 @@ GUIDE_WIRING = {
     "scrapy_hexproxy.HexProxyMiddleware": 350,
     "scrapy_hexproxy.SmartRetryMiddleware": 550,
 }
+
+
+# Scrapy 2.11 defaults REQUEST_FINGERPRINTER_IMPLEMENTATION to '2.6' and warns that it is
+# deprecated unless the setting is given; 2.12 removed '2.6' and deprecates the setting itself.
+# So it is set only where the installed Scrapy's default is '2.6'.
+FINGERPRINTER_SETTINGS = (
+    {"REQUEST_FINGERPRINTER_IMPLEMENTATION": "2.7"}
+    if getattr(default_settings, "REQUEST_FINGERPRINTER_IMPLEMENTATION", None) == "2.6"
+    else {}
+)
 
 
 def reactor_setting(config: pytest.Config) -> str | None:
@@ -46,7 +57,7 @@ def base_settings(request: pytest.FixtureRequest, hexproxy_gateway: Any) -> dict
         "ROBOTSTXT_OBEY": False,
         "DOWNLOAD_TIMEOUT": 5,
         "CONCURRENT_REQUESTS": 8,
-        "REQUEST_FINGERPRINTER_IMPLEMENTATION": "2.7",
+        **FINGERPRINTER_SETTINGS,
     }
 
 

@@ -505,10 +505,13 @@ def test_fast_path_is_used_on_the_scrapy_versions_that_make_headers_lazily(hook_
         assert (probes.lazy_headers_type, probes.response_flags_slot) == (None, False)
         assert (probes.headers_are_dicts, probes.auth_proxy_key) == (False, None)
         return
-    lazy = Version(scrapy.__version__) >= Version("2.13")  # 2.19 here; 2.11.2 is eager
-    assert probes.lazy_headers_type is (Headers if lazy else None)
-    # 2.13 also keeps a response's flags in a slot, None until used; 2.11 in a plain attribute.
-    assert probes.response_flags_slot is lazy
+    version = Version(scrapy.__version__)
+    # A request's headers are a slot, None until used, from 2.15 on (2.11 ... 2.14 build them
+    # eagerly); Headers is made by dict.__new__ only from 2.18 on (before, CaselessDict's own
+    # __new__), so the fast path holds from 2.18.
+    assert probes.lazy_headers_type is (Headers if version >= Version("2.18") else None)
+    # A response's flags are a slot, None until used, from 2.15 on; before, a plain attribute.
+    assert probes.response_flags_slot is (version >= Version("2.15"))
     # Every supported version stores headers as lists and notes the header's proxy there.
     assert probes.headers_are_dicts
     assert probes.auth_proxy_key == "_auth_proxy"
