@@ -46,13 +46,17 @@ def _wait_of(crawler, request):
 
 
 def _our_receivers(crawler):
+    """The pacer's signal handlers (HexProxyMiddleware's own, which take the credentials off
+    every scheduled request, are not pacing's)."""
     from pydispatch import dispatcher
+
+    from scrapy_hexproxy._pacing import Pacer
 
     return [
         receiver
         for signal in (signals.request_scheduled, signals.spider_idle)
         for receiver in dispatcher.liveReceivers(dispatcher.getAllReceivers(crawler, signal))
-        if "scrapy_hexproxy" in getattr(receiver, "__module__", "")
+        if isinstance(getattr(receiver, "__self__", None), Pacer)
     ]
 
 
@@ -61,7 +65,7 @@ def test_pacing_is_off_by_default_retries_are_unmarked_and_no_handler_runs(hook_
     proxy, retry = _pair(crawler)
     runtime = runtime_of(crawler)
     assert runtime.pacer is None and not runtime.core.paced
-    assert _our_receivers(crawler) == []  # nothing of ours per scheduled request
+    assert _our_receivers(crawler) == []  # no pacing handler per scheduled request
     copy = _failed(proxy, retry, Request("http://site.test/a"), 429, {"Retry-After": "30"})
     assert isinstance(copy, Request)
     assert NOT_BEFORE not in copy.meta  # Retry-After too is ignored while pacing is off

@@ -181,10 +181,11 @@ def test_two_entries_that_differ_only_in_credentials_are_two_sessions(hook_crawl
     ]
     # A failure on one is not a failure of the other: the retry goes to the other.
     request = _assigned(proxy, 0)
+    first = _credentials(request)
     again = retry.process_response(request, Response(request.url, status=503, request=request))
     assert proxy.process_request(again) is None
     assert again.meta["proxy"] == request.meta["proxy"]
-    assert (_credentials(request), _credentials(again)) == ("user-1:pw", "user-2:pw")
+    assert (first, _credentials(again)) == ("user-1:pw", "user-2:pw")
 
 
 def test_httpproxymiddleware_keeps_each_attempts_header_when_the_proxy_changes(hook_crawler):

@@ -388,6 +388,14 @@ class ProxyHooks:
         session (a refused CONNECT under the proxy's status), a programming error against
         nobody; with a ban policy, its verdict decides."""
 
+    def scheduled(self, request: Request) -> None:
+        """The engine scheduled ``request``: settle an attempt it still carries (a middleware
+        above ours made this copy of it) and take our credentials off it."""
+
+    def forget_credentials(self, request: Request) -> None:
+        """Take our ``Proxy-Authorization`` (and HttpProxyMiddleware's note of it) off a request
+        that went through a session: its attempt is over."""
+
     def assign(self, request: Request, number: int) -> None:
         """Send the attempt through session ``number``, whatever its state."""
 

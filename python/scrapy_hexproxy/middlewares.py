@@ -10,8 +10,9 @@ line, the stop, a retry request to build, a wait for a session).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
 from . import _core
@@ -20,7 +21,7 @@ from ._scrapy import component_priorities
 from ._settings import HexProxyConfigError, is_enabled
 
 if TYPE_CHECKING:
-    from scrapy import Request
+    from scrapy import Request, Spider
     from scrapy.crawler import Crawler
     from scrapy.http import Response
     from typing_extensions import Self
@@ -61,7 +62,22 @@ class HexProxyMiddleware(_core.ProxyHooks):
             _check_cookiejar_binding(crawler)
         if runtime.ban_policy is not None:
             _check_ban_policy_order(crawler)
-        return cls(runtime)
+        middleware = cls(runtime)
+        crawler.signals.connect(middleware._request_scheduled, signal=signals.request_scheduled)
+        crawler.signals.connect(middleware._headers_received, signal=signals.headers_received)
+        return middleware
+
+    def _request_scheduled(self, request: Request, spider: Spider | None = None) -> None:
+        # Whoever made this request (a retry, a redirect, the spider from a response), no
+        # credentials of ours go into the scheduler's queue (JOBDIR, Redis).
+        self.scheduled(request)
+
+    def _headers_received(
+        self, headers: Any, body_length: int, request: Request, spider: Spider | None = None
+    ) -> None:
+        # Before any middleware's process_response copies the request (a redirect) or stores
+        # it (HttpCacheMiddleware).
+        self.forget_credentials(request)
 
 
 class SmartRetryMiddleware(_core.RetryHooks):

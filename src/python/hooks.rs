@@ -138,14 +138,20 @@ impl HookState {
         let retry_times = meta.get_item(intern!(py, "retry_times"))?;
         let sent = self.route.sent(py, engine, number)?;
         let mut header = sent.header;
+        let key = self.scrapy.auth_proxy_key(py);
         if self.route.is_list() {
-            let key = self.scrapy.auth_proxy_key(py);
             if !route::note_auth_proxy(meta, key, &sent.url, header.is_some())? {
                 // Not this proxy's header: the previous attempt's proxy's, if any.
                 self.scrapy
                     .headers(request)?
                     .remove(self.header_name.bind(py))?;
                 header = None;
+            }
+        } else if let Some(key) = key {
+            // HttpProxyMiddleware's note of another run's gateway (a request resumed from
+            // JOBDIR, pickled by an older version): it would drop this header.
+            if meta.contains(key)? {
+                meta.del_item(key)?;
             }
         }
         meta.set_item(intern!(py, "proxy"), &sent.url)?;
@@ -207,6 +213,36 @@ impl HookState {
         Ok(())
     }
 
+    /// Takes our `Proxy-Authorization` off a request whose attempt is over, and the note
+    /// Scrapy's HttpProxyMiddleware keeps of it: the credentials exist on a request only
+    /// between `process_request` and the download handler, never on one that reaches the
+    /// scheduler (JOBDIR, Redis), the spider, or a cache. A request that went through us has
+    /// `hex_session`; the header of a request we left alone is the user's.
+    fn forget_credentials(
+        &self,
+        request: &Bound<'_, PyAny>,
+        meta: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
+        let py = request.py();
+        if !meta.contains(intern!(py, SESSION))? {
+            return Ok(());
+        }
+        let Some(headers) = self.scrapy.existing_headers(request)? else {
+            return Ok(());
+        };
+        let name = self.header_name.bind(py);
+        if !headers.contains(name)? {
+            return Ok(());
+        }
+        headers.remove(name)?;
+        if let Some(key) = self.scrapy.auth_proxy_key(py) {
+            if meta.contains(key)? {
+                meta.del_item(key)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The previous attempt's outcome never reached us (a middleware above ours returned a
     /// new request, or the request came back from an earlier crawl): settle it now.
     fn settle_unobserved(
@@ -231,6 +267,7 @@ impl HookState {
         role: Role,
         judge: (&'static str, &Bound<'_, PyAny>),
     ) -> PyResult<Settlement<'a, PyErr>> {
+        self.forget_credentials(request, meta)?;
         let ledger = Ledger::new(self.core.get().engine());
         let mut record = MetaRecord { meta };
         let (method, arg) = judge;
@@ -441,6 +478,27 @@ impl ProxyHooks {
             Some(error) => Err(error),
             None => Ok(()),
         }
+    }
+
+    /// The engine scheduled `request` (the runtime's `request_scheduled` handler): an attempt
+    /// it still carries ended unseen (a middleware above ours made this copy of it), so it is
+    /// settled now; and nothing of ours that holds credentials goes to the scheduler's queue.
+    fn scheduled(slf: &Bound<'_, Self>, request: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let state = slf.get().state.get();
+        let meta = state.scrapy.meta(request)?;
+        if meta.contains(intern!(py, ATTEMPT))? {
+            state.settle_unobserved(slf.as_any(), request, &meta)?;
+        }
+        take_flag(&meta, intern!(py, BAN))?;
+        state.forget_credentials(request, &meta)
+    }
+
+    /// The response's headers came in (the runtime's `headers_received` handler): the attempt
+    /// is over, so its credentials go before any middleware copies or stores the request.
+    fn forget_credentials(&self, request: &Bound<'_, PyAny>) -> PyResult<()> {
+        let state = self.state.get();
+        state.forget_credentials(request, &state.scrapy.meta(request)?)
     }
 
     /// Sends the attempt through session `number`, whatever its state (the tests' way to

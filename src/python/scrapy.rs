@@ -307,6 +307,20 @@ impl Scrapy {
         })
     }
 
+    /// The request's headers if it has any yet (on the slot path an unused request has
+    /// none; the public path makes them).
+    pub fn existing_headers<'py>(
+        &self,
+        request: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Headers<'py>>> {
+        if let Some(slots) = &self.request {
+            if slots.headers.get(request)?.is_none() {
+                return Ok(None);
+            }
+        }
+        self.headers(request).map(Some)
+    }
+
     /// Statuses beyond u16 are in no status set: they count as what they are, successes.
     pub fn status(&self, response: &Bound<'_, PyAny>) -> PyResult<u16> {
         let status: i64 = match self.status.get(response) {
