@@ -16,6 +16,7 @@ use crate::identity::{Identities, Numbering, OnBlacklist};
 use crate::pool::Pool;
 use crate::provider::Provider;
 use crate::retry::{Cause, Decision, RetryPolicy};
+use crate::runs::{host_key, Reason, Runs};
 use crate::scope::{BanScope, HostBans};
 use crate::session::SessionId;
 use crate::stats::Stats;
@@ -82,6 +83,8 @@ struct State {
     /// Ban scope "domain": the records per (slot, target host), which then decide alone (the
     /// pool stays all live). `None` in session scope, which costs nothing more.
     hosts: Option<HostBans>,
+    /// The reasons of each open failure run, for the WARNING that benches a session.
+    runs: Runs,
 }
 
 impl State {
@@ -138,6 +141,7 @@ impl Engine {
                 rng,
                 identities,
                 hosts,
+                runs: Runs::default(),
             }),
             stats: Stats::default(),
             auth,
@@ -168,6 +172,7 @@ impl Engine {
             rng,
             identities,
             hosts,
+            runs,
         } = &mut *state;
         // Reading the clock is a fair share of a pick; in session scope without rotation it
         // only ends cooldowns, and while none is cooling any time will do.
@@ -186,8 +191,11 @@ impl Engine {
         let (number, rotated) = identities.hand_out(slot, now);
         if rotated {
             // A new identity starts with a clean run (on every host, in domain scope).
+            runs.ended(slot, None);
             match hosts {
-                None => pool.success(slot),
+                None => {
+                    pool.success(slot);
+                }
                 Some(hosts) => {
                     if hosts.forget(slot) {
                         self.released.store(true, Ordering::Release);
@@ -221,19 +229,21 @@ impl Engine {
             }
             Event::Exception(reason) => {
                 self.stats.exception_failure(reason);
-                self.failure(session, host)
+                self.failure(session, host, Reason::Exception(reason))
             }
             Event::Ban => {
                 self.stats.ban();
-                self.failure(session, host)
+                self.failure(session, host, Reason::Ban)
             }
             Event::Refusal(status) => {
-                if (100..=599).contains(&status) {
+                let reason = if (100..=599).contains(&status) {
                     self.stats.status_failure(status);
+                    Reason::Status(status)
                 } else {
                     self.stats.exception_failure("TunnelError");
-                }
-                let flags = self.failure(session, host);
+                    Reason::Exception("TunnelError")
+                };
+                let flags = self.failure(session, host, reason);
                 if status == 407 {
                     return Ok(flags | FAILED | self.auth.rejected(session.0));
                 }
@@ -255,12 +265,14 @@ impl Engine {
         failed: bool,
     ) -> u32 {
         let mut flags = if failed {
-            if self.config.failure_codes.contains(status) {
+            let reason = if self.config.failure_codes.contains(status) {
                 self.stats.status_failure(status);
+                Reason::Status(status)
             } else {
                 self.stats.ban();
-            }
-            self.failure(session, host) | FAILED
+                Reason::Ban
+            };
+            self.failure(session, host, reason) | FAILED
         } else {
             self.success(session, host);
             0
@@ -278,13 +290,26 @@ impl Engine {
         if !state.is_current(slot, generation) {
             return;
         }
-        match &mut state.hosts {
+        let ended = match &mut state.hosts {
             None => state.pool.success(slot),
             Some(hosts) => hosts.success(slot, host.unwrap_or_default(), self.clock.now_ns()),
+        };
+        if ended {
+            state
+                .runs
+                .ended(slot, Some(host_key(self.domain_host(host))));
         }
     }
 
-    fn failure(&self, (slot, generation): (u32, u32), host: Option<&str>) -> u32 {
+    /// The host that runs are kept for: the target host in domain scope, none in session scope.
+    fn domain_host<'h>(&self, host: Option<&'h str>) -> Option<&'h str> {
+        match self.config.blacklisting {
+            Blacklisting::Domain => Some(host.unwrap_or_default()),
+            Blacklisting::Session(_) => None,
+        }
+    }
+
+    fn failure(&self, (slot, generation): (u32, u32), host: Option<&str>, reason: Reason) -> u32 {
         let mut state = self.state.lock();
         if !state.is_current(slot, generation) {
             return 0;
@@ -293,8 +318,17 @@ impl Engine {
             pool,
             identities,
             hosts,
+            runs,
             ..
         } = &mut *state;
+        // A failure on a session already cooling counts in the stats, not in a run.
+        let cooling = match hosts {
+            Some(hosts) => hosts.is_cooling(slot, host.unwrap_or_default(), self.clock.now_ns()),
+            None => pool.is_cooling(slot, self.clock.now_ns()),
+        };
+        if !cooling {
+            runs.failed(slot, host_key(self.domain_host(host)), reason);
+        }
         let flags = match (self.config.blacklisting, identities, hosts) {
             (Blacklisting::Domain, _, Some(hosts)) => {
                 if !hosts.failure(slot, host.unwrap_or_default(), self.clock.now_ns()) {
@@ -428,6 +462,15 @@ impl Engine {
             snapshot.sort_unstable();
         }
         snapshot
+    }
+
+    /// The reasons of the failure run that just blacklisted session `number` (for `host` in
+    /// domain scope): `"429 ×3, DownloadTimeoutError ×2"`; taken once. `None` when the run went
+    /// unexplained (more runs open than `runs::MAX_OPEN`).
+    pub fn blacklist_reasons(&self, number: u64, host: Option<&str>) -> Option<String> {
+        let (slot, _) = self.locate(number).ok()?;
+        let key = host_key(self.domain_host(host));
+        self.state.lock().runs.take(slot, key)
     }
 
     /// A 407 is about the credentials, whether or not it counts as a session failure; only a

@@ -8,7 +8,7 @@
 //! `Ledger::settle`; the binding only reads the outcome off Scrapy's objects and acts on the
 //! decision (logging, building the retry request, waiting), which is what must be Python.
 
-use crate::engine::{Engine, Event, FAILED};
+use crate::engine::{Engine, Event, BLACKLISTED, FAILED};
 use crate::error::Error;
 use crate::retry::{Cause, Decision};
 
@@ -97,6 +97,9 @@ pub struct Settled {
     /// The engine's flags (`FAILED`, `BLACKLISTED`, `ROTATED`, `AUTH_FAILED`,
     /// `PROXY_REJECTED`): what the caller acts on (a WARNING, the stop).
     pub flags: u32,
+    /// With `BLACKLISTED`: the reasons of the run that benched the session
+    /// (`"429 ×3, DownloadTimeoutError ×2"`), if they were kept.
+    pub reasons: Option<String>,
 }
 
 /// The one decision an outcome leads to.
@@ -272,10 +275,17 @@ impl<'e> Ledger<'e> {
             let slot = self.engine.slot(attempt.number).expect("located above");
             record.note_failed(slot)?;
         }
+        let reasons = if flags & BLACKLISTED != 0 {
+            self.engine
+                .blacklist_reasons(attempt.number, attempt.host.as_deref())
+        } else {
+            None
+        };
         Ok(Some(Settled {
             number: attempt.number,
             host: attempt.host,
             flags,
+            reasons,
         }))
     }
 
@@ -339,7 +349,7 @@ mod tests {
     use super::*;
     use crate::clock::Clock;
     use crate::config::example_settings;
-    use crate::engine::{AUTH_FAILED, BLACKLISTED};
+    use crate::engine::AUTH_FAILED;
 
     /// `request.meta` as the ledger sees it.
     #[derive(Debug, Default, Clone)]
@@ -747,7 +757,9 @@ mod tests {
         let second = ledger
             .settle(&mut sent_on(4), || Ok(outcome), Role::Retry, None)
             .unwrap();
-        assert_eq!(second.settled.unwrap().flags, FAILED | BLACKLISTED);
+        let benched = second.settled.unwrap();
+        assert_eq!(benched.flags, FAILED | BLACKLISTED);
+        assert_eq!(benched.reasons.as_deref(), Some("503 \u{d7}2"));
         let refused = Outcome::Transport {
             name: "TunnelError",
             refused: Some(407),

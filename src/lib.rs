@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod pool;
 pub mod provider;
 pub mod retry;
+pub mod runs;
 pub mod scope;
 pub mod session;
 pub mod settings;

@@ -107,11 +107,14 @@ impl Pool {
     /// A success resets the consecutive failures (a cooling session has none to reset, and
     /// its `fails` slot holds its cooldown's end). Nothing to reset is the usual case; it reads
     /// `fails` alone, so a large pool takes one cache miss here, not two.
-    pub fn success(&mut self, index: u32) {
+    /// Whether it ended a run of failures.
+    pub fn success(&mut self, index: u32) -> bool {
         let i = index as usize;
         if self.fails[i] != 0 && self.pos[i] & COOLING == 0 {
             self.fails[i] = 0;
+            return true;
         }
+        false
     }
 
     /// Counts a failure; returns true when it blacklists the session. A failure on a cooling
@@ -419,7 +422,9 @@ mod tests {
                 Some(index) if rng.random_bool(0.4) => {
                     pool.failure(index, now);
                 }
-                Some(index) => pool.success(index),
+                Some(index) => {
+                    pool.success(index);
+                }
                 None => assert!(pool.next_live_in(now) > Duration::ZERO),
             }
             pool.failure(rng.random_range(0..50), now);

@@ -264,15 +264,18 @@ impl HostBans {
 
     /// A success at `host` ends the slot's run of failures there (a cooling slot keeps its
     /// cooldown).
-    pub fn success(&mut self, slot: u32, host: &str, now: u64) {
+    /// Whether it ended a run of failures.
+    pub fn success(&mut self, slot: u32, host: &str, now: u64) -> bool {
         let Some(h) = self.find(host, now) else {
-            return;
+            return false;
         };
         if let Some(entry @ Entry::Failing(_)) = self.forest.get(self.root(h), slot) {
             self.forest.remove(&mut self.hosts[h as usize].root, slot);
             self.slots.removed(slot, entry);
             self.drop_if_empty(h);
+            return true;
         }
+        false
     }
 
     /// How long until a slot is live for `host`: zero if one is live now.
@@ -788,7 +791,9 @@ mod tests {
                 Some(slot) if rng.random_bool(0.5) => {
                     bans.failure(slot, host, now);
                 }
-                Some(slot) => bans.success(slot, host, now),
+                Some(slot) => {
+                    bans.success(slot, host, now);
+                }
                 None => assert!(bans.next_live_in(host, now) > Duration::ZERO),
             }
             if step % 1000 == 0 {

@@ -148,3 +148,114 @@ def test_promise_16_a_request_from_an_earlier_run_goes_out_with_this_runs_creden
     header = request.headers.get(b"Proxy-Authorization")
     assert header is not None, "HttpProxyMiddleware dropped this run's header"
     assert base64.b64decode(header[6:]).decode().startswith("USER-session-")
+
+
+# -- why a session was benched, and hangs -------------------------------------------------
+
+
+def _pair(crawler):
+    from scrapy_hexproxy import HexProxyMiddleware, SmartRetryMiddleware
+
+    return HexProxyMiddleware.from_crawler(crawler), SmartRetryMiddleware.from_crawler(crawler)
+
+
+def _send(proxy):
+    from scrapy import Request
+
+    request = Request("http://site.test/a")
+    assert proxy.process_request(request) is None
+    return request
+
+
+def test_the_blacklist_warning_says_what_the_run_that_benched_the_session_was(hook_crawler, caplog):
+    import logging
+
+    from scrapy.http import Response
+    from twisted.internet.error import TimeoutError
+
+    caplog.set_level(logging.DEBUG, logger="scrapy_hexproxy")
+    crawler = hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=1, HEX_PROXY_MAX_FAILURES=4)
+    proxy, retry = _pair(crawler)
+    for status in (429, 503, 429):
+        request = _send(proxy)
+        copy = retry.process_response(request, Response(request.url, status=status))
+        assert copy is not request
+    request = _send(proxy)
+    assert retry.process_exception(request, TimeoutError()) is not None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "hex_proxy: session s000 blacklisted for 300s after 4 consecutive failures:"
+        " 429 \u00d72, 503 \u00d71, TimeoutError \u00d71"
+    ]
+    # Each DEBUG retry line names the session that failed.
+    retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Retrying")]
+    assert len(retries) == 4
+    assert all("last on session s000" in line for line in retries)
+
+
+def test_a_success_ends_the_run_and_its_reasons(hook_crawler, caplog):
+    import logging
+
+    from scrapy.http import Response
+
+    caplog.set_level(logging.WARNING, logger="scrapy_hexproxy")
+    crawler = hook_crawler(HEX_PROXY_SESSION_POOL_SIZE=1, HEX_PROXY_MAX_FAILURES=2)
+    proxy, retry = _pair(crawler)
+    for status in (503, 200, 429, 429):
+        request = _send(proxy)
+        retry.process_response(request, Response(request.url, status=status))
+    assert [r.getMessage().rsplit(": ", 1)[1] for r in caplog.records] == ["429 \u00d72"]
+
+
+@pytest.mark.parametrize("user_set", [False, True])
+def test_an_info_at_start_recommends_a_download_timeout_unless_one_is_set(
+    hook_crawler, caplog, user_set
+):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="scrapy_hexproxy")
+    crawler = hook_crawler(**({"DOWNLOAD_TIMEOUT": 180} if user_set else {}))
+    _pair(crawler)
+    lines = [r.getMessage() for r in caplog.records if "DOWNLOAD_TIMEOUT" in r.getMessage()]
+    if user_set:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and "DOWNLOAD_TIMEOUT = 30" in lines[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_health_line_counts_attempts_in_flight_for_30_seconds(
+    crawl, base_settings, caplog
+):
+    import logging
+
+    from .conftest import when
+
+    caplog.set_level(logging.INFO, logger="scrapy_hexproxy")
+    lines: list[str] = []
+    with Gateway() as gateway:
+        gateway.set_default_behavior(Behavior.hang())
+        settings = {
+            **base_settings,
+            "HEX_PROXY_GATEWAY": gateway.url,
+            "HEX_PROXY_MANUAL_CLOCK": True,
+            "HEX_PROXY_MAX_RETRIES": 0,
+            "DOWNLOAD_TIMEOUT": 2,
+        }
+
+        def in_flight(crawler: Any, runtime: Any) -> bool:
+            active = crawler.engine.downloader.active
+            return any("_hex_attempt" in request.meta for request in active)
+
+        def look(crawler: Any, runtime: Any) -> None:
+            runtime.health.log()  # first seen
+            runtime.core.advance(29.9)
+            runtime.health.log()
+            runtime.core.advance(0.1)
+            runtime.health.log()
+            lines.extend(r.getMessage() for r in caplog.records if "live," in r.getMessage())
+
+        await crawl(settings, ["http://site.test/slow"], before=lambda c: when(c, in_flight, look))
+    assert len(lines) == 3
+    assert "in flight" not in lines[0] and "in flight" not in lines[1]
+    assert "; 1 in flight > 30 s;" in lines[2]

@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import _core
+
 if TYPE_CHECKING:
     from ._core import Core
 
@@ -20,6 +22,10 @@ logger = logging.getLogger("scrapy_hexproxy")
 
 #: The counters reported per minute, by the name used in the log line and the stats.
 _RATES = ("blacklisted", "rotated", "retry", "failure")
+
+#: Attempts in flight longer than this are counted in the line: a session that hangs. It is
+#: also the DOWNLOAD_TIMEOUT we recommend when none is set (``warn_without_timeout``).
+HANGING_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -53,12 +59,18 @@ class Counters:
 class PoolHealth:
     """Reports the pool's health for one crawl; see the module docstring."""
 
-    def __init__(self, core: Core, interval: float, *, manual_clock: bool) -> None:
+    def __init__(
+        self, core: Core, interval: float, *, manual_clock: bool, crawler: Any = None
+    ) -> None:
         self.core = core
         self.interval = interval
         self._manual_clock = manual_clock
+        self._crawler = crawler
         self._task: Any = None
         self._start = self._last = Counters.read(core)
+        #: When each attempt in the downloader was first seen on a line (by ``id``): an
+        #: attempt seen HANGING_SECONDS ago and still there has hung at least that long.
+        self._first_seen: dict[int, float] = {}
 
     def start(self) -> None:
         """The crawl starts: rates count from now; the timer starts (system clock only)."""
@@ -80,17 +92,35 @@ class PoolHealth:
         rates = now.per_minute(self._last)
         self._last = now
         live, cooling = self.core.live_count, self.core.cooling_count
+        hanging = self.hanging(now.at)
         logger.info(
-            "hex_proxy: %d live, %d cooling sessions (%s); per minute: %.1f blacklisted,"
+            "hex_proxy: %d live, %d cooling sessions (%s)%s; per minute: %.1f blacklisted,"
             " %.1f rotated, %.1f retries, %.1f failures",
             live,
             cooling,
             _next_back_text(self.core.next_back()),
+            f"; {hanging} in flight > {HANGING_SECONDS} s" if hanging else "",
             rates["blacklisted"],
             rates["rotated"],
             rates["retry"],
             rates["failure"],
         )
+
+    def hanging(self, now: float) -> int:
+        """How many attempts in the downloader (sent through a session, not waiting for one)
+        have been there for HANGING_SECONDS at least: first seen by an earlier line that long
+        ago. Read from the downloader on the timer; nothing runs per request."""
+        from ._scrapy import late
+
+        engine = late(self._crawler, "engine") if self._crawler is not None else None
+        active = getattr(getattr(engine, "downloader", None), "active", ())
+        first_seen = {}
+        for request in active:
+            if _core.ATTEMPT_KEY in request.meta:
+                key = id(request)
+                first_seen[key] = self._first_seen.get(key, now)
+        self._first_seen = first_seen
+        return sum(1 for seen in first_seen.values() if now - seen >= HANGING_SECONDS)
 
     def stop(self) -> dict[str, Any]:
         """The crawl ends: stop the timer; the gauges for the stats (rates over the crawl)."""
@@ -112,3 +142,17 @@ def _next_back_text(back: tuple[str, float] | None) -> str:
         return "none cooling"
     session, seconds = back
     return f"next back: {session} in {seconds:.0f}s"
+
+
+def warn_without_timeout(settings: Any) -> None:
+    """One INFO at start when DOWNLOAD_TIMEOUT is Scrapy's default: a session that hangs then
+    holds a download slot for minutes while every figure looks healthy."""
+    if settings.getpriority("DOWNLOAD_TIMEOUT") not in (None, 0):  # set by the user
+        return
+    logger.info(
+        "hex_proxy: DOWNLOAD_TIMEOUT is Scrapy's default (%ss): a session that hangs holds a"
+        " download slot that long. Through a rotating gateway we recommend DOWNLOAD_TIMEOUT ="
+        " %d: a timeout counts against the session and the request is retried on another.",
+        settings.get("DOWNLOAD_TIMEOUT"),
+        HANGING_SECONDS,
+    )

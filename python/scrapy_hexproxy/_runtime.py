@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 
 from . import _core, _scrapy
 from ._banpolicy import bad_verdict, build_ban_policy
-from ._logstats import PoolHealth
+from ._logstats import PoolHealth, warn_without_timeout
 from ._pacing import NOT_BEFORE, Pacer
 from ._settings import HexProxyConfigError, HexSettings, check_pool_size, read_settings
 
@@ -79,7 +79,9 @@ class Runtime:
             self.core,
             settings.logstats_interval,
             manual_clock=settings.core_kwargs["manual_clock"],
+            crawler=crawler,
         )
+        warn_without_timeout(crawler.settings)
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
         #: Retry pacing (HEX_PROXY_RETRY_BACKOFF_BASE > 0); None when off.
         self.pacer: Pacer | None = None
@@ -174,33 +176,43 @@ class Runtime:
         """The TypeError for a ban policy's verdict that is not True, False or None."""
         return bad_verdict(self.ban_policy, method, verdict)
 
-    def report(self, request: Request, number: int, flags: int, host: str | None = None) -> None:
+    def report(
+        self,
+        request: Request,
+        number: int,
+        flags: int,
+        host: str | None = None,
+        reasons: str | None = None,
+    ) -> None:
         """The log lines and the stop that the core's flags for an attempt on session
-        ``number`` call for; ``host``: where it went (ban scope "domain"). The hooks call this
-        only when a flag other than ``FAILED`` is set."""
+        ``number`` call for; ``host``: where it went (ban scope "domain"); ``reasons``: what
+        the run that benched the session was made of (``"429 x3"`` with a multiplication sign).
+        The hooks call this only when a flag other than ``FAILED`` is set."""
+        max_failures = self.settings.core_kwargs["max_failures"]
+        why = f"{max_failures} consecutive failures" + (f": {reasons}" if reasons else "")
         if flags & _core.ROTATED:
             logger.warning(
-                "hex_proxy: session %s blacklisted after %d consecutive failures;"
-                " its place goes on at once as new session %s",
+                "hex_proxy: session %s blacklisted after %s; its place goes on at once as new"
+                " session %s",
                 self.session_name(number),
-                self.settings.core_kwargs["max_failures"],
+                why,
                 self.core.successor_id(number),
             )
         elif flags & _core.BLACKLISTED and host is not None:
             logger.warning(
-                "hex_proxy: session %s blacklisted for host %s for %gs after %d consecutive"
-                " failures there (it keeps serving other hosts)",
+                "hex_proxy: session %s blacklisted for host %s for %gs after %s there (it keeps"
+                " serving other hosts)",
                 self.session_name(number),
                 host or "(none)",
                 self.settings.core_kwargs["cooldown"],
-                self.settings.core_kwargs["max_failures"],
+                why,
             )
         elif flags & _core.BLACKLISTED:
             logger.warning(
-                "hex_proxy: session %s blacklisted for %gs after %d consecutive failures",
+                "hex_proxy: session %s blacklisted for %gs after %s",
                 self.session_name(number),
                 self.settings.core_kwargs["cooldown"],
-                self.settings.core_kwargs["max_failures"],
+                why,
             )
         if flags & _core.PROXY_REJECTED:
             logger.error(

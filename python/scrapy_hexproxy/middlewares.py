@@ -115,10 +115,17 @@ class SmartRetryMiddleware(_core.RetryHooks):
         the copy to schedule, or None. ``status``: what the decision went by, for pacing."""
         meta = request.meta
         retry_times = meta.get("retry_times", 0)
+        session = meta.get(_core.SESSION_KEY)
         if give_up:
             logger.error(
-                "Gave up retrying %(request)s (failed %(times)d times): %(reason)s",
-                {"request": request, "times": retry_times + 1, "reason": reason},
+                "Gave up retrying %(request)s (failed %(times)d times, last on session"
+                " %(session)s): %(reason)s",
+                {
+                    "request": request,
+                    "times": retry_times + 1,
+                    "session": session,
+                    "reason": reason,
+                },
             )
             return None
         retry = request.replace(dont_filter=True)
@@ -127,11 +134,13 @@ class SmartRetryMiddleware(_core.RetryHooks):
         pacer = self._runtime.pacer
         wait = 0.0 if pacer is None else pacer.delay(retry, status, response)
         logger.debug(
-            "Retrying %(request)s on another session%(after)s (failed %(times)d times): %(reason)s",
+            "Retrying %(request)s on another session%(after)s (failed %(times)d times, last on"
+            " session %(session)s): %(reason)s",
             {
                 "request": request,
                 "after": f" in {wait:.3f}s" if wait else "",
                 "times": retry_times + 1,
+                "session": session,
                 "reason": reason,
             },
         )

@@ -308,6 +308,7 @@ fn report(
             settled.number,
             settled.flags,
             settled.host.as_deref(),
+            settled.reasons.as_deref(),
         ),
     )?;
     Ok(())
