@@ -18,7 +18,7 @@ from scrapy.http import Headers, Response
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.error import ConnectionRefusedError as TxConnectionRefusedError
 
-from scrapy_hexproxy import HexProxyConfigError, HexProxyMiddleware, SmartRetryMiddleware
+from scrapy_hexproxy import HexProxyConfigError, HexProxyMiddleware, SmartRetryMiddleware, _core
 from scrapy_hexproxy._core import attempt_of
 from scrapy_hexproxy._runtime import advance_clock
 
@@ -434,6 +434,24 @@ def test_promise_10_enabled_false_switches_both_off(hook_crawler):
         ("HEX_PROXY_FAILURE_CODES", ["x"]),
         ("HEX_PROXY_AUTH_FAILURES_TO_CLOSE", 0),
         ("HEX_PROXY_ENABLED", "maybe"),
+        # The slips of issue 15: each stops at start, naming the setting.
+        ("HEX_PROXY_RETRY_CODES", [float("inf")]),
+        ("HEX_PROXY_RETRY_CODES", [403.9]),
+        ("HEX_PROXY_RETRY_CODES", "403.9"),
+        ("HEX_PROXY_FAILURE_CODES", [float("nan")]),
+        ("HEX_PROXY_FAILURE_CODES", [10**30]),
+        ("HEX_PROXY_FAILURE_CODES", [-(10**30)]),
+        ("HEX_PROXY_GATEWAY", "http://127.0.0.1:0"),
+        ("HEX_PROXY_GATEWAY", "http://gate way.test:7777"),
+        ("HEX_PROXY_GATEWAY", "http://gate_way.test:7777"),
+        ("HEX_PROXY_GATEWAY", "http://:7777"),
+        ("HEX_PROXY_USER", "   "),
+        ("HEX_PROXY_USER", "USER\r\nX-Injected"),
+        ("HEX_PROXY_PASS", "s3cr3t-PASS\r\n"),
+        ("HEX_PROXY_USERNAME_TEMPLATE", "{user}-session-{session}\r\nX-Injected"),
+        ("HEX_PROXY_USERNAME_TEMPLATE", "{user}\t{session}"),
+        ("HEX_PROXY_LOGSTATS_INTERVAL", 1e-9),
+        ("HEX_PROXY_LOGSTATS_INTERVAL", 0.5),
     ],
 )
 def test_bad_settings_stop_the_crawl_with_a_message_naming_the_setting(
@@ -443,6 +461,54 @@ def test_bad_settings_stop_the_crawl_with_a_message_naming_the_setting(
         _pair(hook_crawler(**{setting: value}))
     assert setting in str(info.value)
     assert "s3cr3t-PASS" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("HEX_PROXY_RETRY_CODES", [float("inf")], "must hold HTTP status codes (whole numbers)"),
+        ("HEX_PROXY_RETRY_CODES", [403.9], "got 403.9"),
+        ("HEX_PROXY_FAILURE_CODES", [10**30], "out of range for a status code"),
+        ("HEX_PROXY_GATEWAY", "http://127.0.0.1:0", "port must be a number between 1 and 65535"),
+        ("HEX_PROXY_GATEWAY", "http://gate_way.test:7777", "has no valid host"),
+        ("HEX_PROXY_USER", " ", "must not be empty or blank"),
+        ("HEX_PROXY_USERNAME_TEMPLATE", "{user}-{session}\r\n", "control characters"),
+        ("HEX_PROXY_LOGSTATS_INTERVAL", 1e-9, "must be 0 (off) or at least 1 second"),
+    ],
+)
+def test_each_slip_is_told_what_is_wrong(hook_crawler, setting, value, expected):
+    with pytest.raises(HexProxyConfigError) as info:
+        _pair(hook_crawler(**{setting: value}))
+    message = str(info.value)
+    assert message.startswith(setting) and expected in message, message
+
+
+def test_the_log_interval_may_be_0_or_a_second_and_more(hook_crawler):
+    for interval in (0, 1, "2.5"):
+        _pair(hook_crawler(HEX_PROXY_LOGSTATS_INTERVAL=interval))
+
+
+def _list_file_error(hook_crawler, path) -> str:
+    no_gateway = {"HEX_PROXY_GATEWAY": None, "HEX_PROXY_USER": None, "HEX_PROXY_PASS": None}
+    with pytest.raises(HexProxyConfigError) as info:
+        _pair(hook_crawler(**no_gateway, HEX_PROXY_LIST_FILE=str(path)))
+    return str(info.value)
+
+
+def test_a_list_file_that_is_no_regular_file_is_refused_before_reading(hook_crawler, tmp_path):
+    for path in ("/dev/zero", tmp_path):
+        message = _list_file_error(hook_crawler, path)
+        assert message.startswith("HEX_PROXY_LIST_FILE") and "not a regular file" in message
+
+
+def test_a_list_file_is_read_up_to_its_documented_bound(hook_crawler, tmp_path):
+    big = tmp_path / "proxies.txt"
+    with open(big, "wb") as file:
+        file.write(b"http://127.0.0.1:8001\n")
+        file.truncate(_core.MAX_PROXY_FILE_BYTES + 1)  # sparse: nothing written
+    message = _list_file_error(hook_crawler, big)
+    assert message.startswith("HEX_PROXY_LIST_FILE") and "larger than 64 MiB" in message
+    assert "1,000,000 proxies" in message
 
 
 def test_settings_from_the_command_line_are_accepted_as_strings(hook_crawler):

@@ -280,3 +280,9 @@ pub fn attempt_of(token: &Bound<'_, PyAny>) -> PyResult<(u64, u32, Option<String
     let attempt = crate::python::attempt::attempt_of(token)?;
     Ok((attempt.number, attempt.retry_times, attempt.host))
 }
+
+/// `HEX_PROXY_GATEWAY` as `(scheme, host, port)`; `ValueError` naming the setting.
+#[pyfunction]
+pub fn parse_gateway(url: &str) -> PyResult<(String, String, u16)> {
+    Ok(crate::provider::parse_gateway_url(url).map_err(Error::from)?)
+}
