@@ -511,6 +511,41 @@ def test_a_list_file_is_read_up_to_its_documented_bound(hook_crawler, tmp_path):
     assert "1,000,000 proxies" in message
 
 
+def test_promise_21_a_misspelled_setting_gets_one_warning_naming_the_closest(hook_crawler, caplog):
+    caplog.set_level(logging.WARNING, logger="scrapy_hexproxy")
+    crawler = hook_crawler(HEX_PROXY_MAX_FAILURE=3, HEX_PROXY_BLACKLIST_COOLDOWM="60")
+    _pair(crawler)  # both middlewares: the warning is the runtime's, made once per crawler
+    warned = [
+        r.getMessage() for r in caplog.records if "not a scrapy-hexproxy setting" in r.getMessage()
+    ]
+    assert len(warned) == 2, warned
+    [failure] = [m for m in warned if "HEX_PROXY_MAX_FAILURE " in m]
+    assert "did you mean HEX_PROXY_MAX_FAILURES?" in failure
+    [cooldown] = [m for m in warned if "HEX_PROXY_BLACKLIST_COOLDOWM" in m]
+    assert "did you mean HEX_PROXY_BLACKLIST_COOLDOWN?" in cooldown
+    assert all(
+        r.levelno == logging.WARNING for r in caplog.records if "not a scrapy" in r.getMessage()
+    )
+
+
+def test_promise_21_a_name_close_to_none_of_ours_is_warned_without_a_guess(hook_crawler, caplog):
+    caplog.set_level(logging.WARNING, logger="scrapy_hexproxy")
+    _pair(hook_crawler(HEX_PROXY_XYZZY=1))
+    [warned] = [r.getMessage() for r in caplog.records if "HEX_PROXY_XYZZY" in r.getMessage()]
+    assert "did you mean" not in warned and "README" in warned
+
+
+def test_promise_21_the_warning_comes_even_when_another_setting_stops_the_crawl(
+    hook_crawler, caplog
+):
+    caplog.set_level(logging.WARNING, logger="scrapy_hexproxy")
+    with pytest.raises(HexProxyConfigError):
+        _pair(hook_crawler(HEX_PROXY_SESION_POOL_SIZE=5, HEX_PROXY_MAX_FAILURES=0))
+    assert [
+        r for r in caplog.records if "did you mean HEX_PROXY_SESSION_POOL_SIZE?" in r.getMessage()
+    ]
+
+
 def test_settings_from_the_command_line_are_accepted_as_strings(hook_crawler):
     crawler = hook_crawler(
         HEX_PROXY_SESSION_POOL_SIZE="7",

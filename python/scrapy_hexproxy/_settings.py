@@ -9,6 +9,8 @@ core's, whose messages also name the setting.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
 import stat
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import _core
+
+logger = logging.getLogger("scrapy_hexproxy")
 
 #: The declared settings by name.
 SETTINGS: Final[dict[str, _core.Setting]] = {setting.name: setting for setting in _core.SETTINGS}
@@ -383,6 +387,29 @@ def read_settings(settings: Any) -> HexSettings:
         user_agents=_user_agents(settings, "HEX_PROXY_USER_AGENTS"),
         ban_policy=load_ban_policy(settings.get("HEX_PROXY_BAN_POLICY")),
     )
+
+
+def unknown_settings(settings: Any) -> list[tuple[str, str | None]]:
+    """Each ``HEX_PROXY_*`` name in ``settings`` that is not one of ours (a slip: it would be
+    ignored), with the closest real name if one is close. Names are compared without their
+    common prefix, which would make every name look close."""
+    prefix = "HEX_PROXY_"
+    ours = {name[len(prefix) :]: name for name in SETTINGS}
+    found = []
+    for name in sorted(n for n in settings if isinstance(n, str) and n.startswith(prefix)):
+        if name not in SETTINGS:
+            close = difflib.get_close_matches(name[len(prefix) :], ours, n=1)
+            found.append((name, ours[close[0]] if close else None))
+    return found
+
+
+def warn_unknown_settings(settings: Any) -> None:
+    """One WARNING per ``HEX_PROXY_*`` name that is not ours (DESIGN promise 21)."""
+    for name, closest in unknown_settings(settings):
+        hint = f"did you mean {closest}?" if closest else "the README's Settings list them all"
+        logger.warning(
+            "hex_proxy: %s is not a scrapy-hexproxy setting and is ignored (%s)", name, hint
+        )
 
 
 def check_pool_size(settings: HexSettings, pool_size: int) -> None:
