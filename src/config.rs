@@ -6,6 +6,7 @@ use crate::backoff::Backoff;
 use crate::error::ConfigError;
 use crate::identity::OnBlacklist;
 use crate::provider::{Entry, Gateway, Provider, ProxyList};
+use crate::redact::Redactor;
 use crate::scope::BanScope;
 use crate::settings as setting;
 
@@ -57,6 +58,8 @@ pub struct Config {
     pub max_uses: u32,
     /// Age (from its first hand-out) at which an id is rotated; zero = never.
     pub max_age: Duration,
+    /// Takes the provider's passwords out of text we log or raise.
+    pub redactor: Redactor,
 }
 
 /// What failures are kept against and what a blacklist does (`HEX_PROXY_BAN_SCOPE` with
@@ -107,6 +110,7 @@ impl Settings {
             None => Provider::Gateway(self.gateway()?),
             Some(entries) => Provider::List(ProxyList::parse(entries)?),
         };
+        let redactor = provider.redactor();
         let config = Config {
             // A list's proxies are its sessions.
             pool_size: match &provider {
@@ -125,6 +129,7 @@ impl Settings {
             blacklisting: self.blacklisting()?,
             max_uses: setting::SESSION_MAX_USES.check_u32(self.session_max_uses)?,
             max_age: setting::SESSION_MAX_AGE.check_seconds(self.session_max_age)?,
+            redactor,
         };
         // A listed proxy is one fixed identity: there is no session id to rotate.
         if let (Some(_), Some(setting)) = (config.provider.list(), config.rotation_setting()) {

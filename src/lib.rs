@@ -11,6 +11,7 @@ pub mod identity;
 pub mod ledger;
 pub mod pool;
 pub mod provider;
+pub mod redact;
 pub mod retry;
 pub mod scope;
 pub mod session;

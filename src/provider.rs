@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
 use crate::error::{ConfigError, EntryProblem, TemplateProblem};
+use crate::redact::Redactor;
 use crate::session::SessionId;
 
 /// The username template of the original guide.
@@ -49,6 +50,14 @@ impl Provider {
         match self {
             Self::Gateway(gateway) => Some(gateway),
             Self::List(_) => None,
+        }
+    }
+
+    /// What takes every password this provider holds out of a text (see `redact.rs`).
+    pub fn redactor(&self) -> Redactor {
+        match self {
+            Self::Gateway(gateway) => Redactor::new([&gateway.password]),
+            Self::List(list) => Redactor::new(list.iter().filter_map(Proxy::password)),
         }
     }
 }
@@ -416,6 +425,16 @@ impl Proxy {
         ))
     }
 
+    /// The password, percent-decoded; `None` without one.
+    fn password(&self) -> Option<String> {
+        if !self.has_password {
+            return None;
+        }
+        let encoded = self.header.as_deref()?.strip_prefix(BASIC)?;
+        let pair = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
+        Some(pair.split_once(':')?.1.to_owned())
+    }
+
     /// Where the entry came from: `"HEX_PROXY_LIST entry 3"`.
     pub fn source(&self) -> &str {
         &self.source
@@ -480,9 +499,9 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), EntryProblem> {
     Ok((host, port))
 }
 
-/// `%XX` to the byte; anything else as it is; invalid UTF-8 replaced (Python's `unquote`).
-/// RFC 3986 userinfo: every byte but the unreserved ones percent-encoded.
-fn percent_encode(text: &str) -> String {
+/// RFC 3986 userinfo: every byte but the unreserved ones percent-encoded (as Python's
+/// `quote(safe="")` writes it).
+pub(crate) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
@@ -907,6 +926,21 @@ mod tests {
         }
         // '_' in a host: no host name holds one, and IDNA encoding refuses it.
         assert!(entry_error("http://user:pw@my_proxy:1").contains("has no valid host"));
+    }
+
+    #[test]
+    fn the_redactor_holds_every_listed_password() {
+        let provider = Provider::List(list(&[
+            "http://alice:s3cret@h:1",
+            "http://bob:pa%40ss@h:2",
+            "http://carol@h:3",
+        ]));
+        let redactor = provider.redactor();
+        let text = format!("s3cret pa@ss pa%40ss {}", STANDARD.encode("alice:s3cret"));
+        assert_eq!(redactor.redact(&text), "*** *** *** ***");
+        let gateway = Provider::Gateway(gateway(DEFAULT_TEMPLATE));
+        let header = gateway.proxy_authorization(5, &SessionId::new(5)).unwrap();
+        assert_eq!(gateway.redactor().redact(&header), "Basic ***");
     }
 
     #[test]

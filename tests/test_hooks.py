@@ -568,6 +568,63 @@ def test_promise_11_password_in_no_repr_error_or_stat(hook_crawler):
     assert info.value.__cause__ is None and info.value.__context__ is None
 
 
+def _secret_forms(user_and_password: str) -> list[str]:
+    """The password and the base64 forms of "username:password" a message could carry."""
+    password = user_and_password.partition(":")[2]
+    encoded = base64.b64encode(user_and_password.encode()).decode()
+    return [password, encoded, encoded.rstrip("=")]
+
+
+def _echoed_tunnel_error(request) -> TunnelError:
+    """What Scrapy raises when an echoing gateway refuses the CONNECT with the credentials as
+    its reason phrase."""
+    header = request.headers[b"Proxy-Authorization"].decode()
+    reason = f"{header} ({_user_of(request)})".encode()
+    return TunnelError(
+        "Could not open CONNECT tunnel with proxy 127.0.0.1:7777"
+        f" [{{'status': 407, 'reason': {reason!r}}}]"
+    )
+
+
+def test_promise_11_a_tunnel_error_quoting_the_credentials_is_redacted(hook_crawler, all_logs):
+    crawler = hook_crawler(HEX_PROXY_MAX_RETRIES=1, HEX_PROXY_AUTH_FAILURES_TO_CLOSE=100)
+    proxy, retry = _pair(crawler)
+    request = _send(proxy, "https://site.test/a")
+    secrets = _secret_forms(_user_of(request))
+    again = retry.process_exception(request, _echoed_tunnel_error(request))
+    assert isinstance(again, Request)
+    assert proxy.process_request(again) is None
+    secrets += _secret_forms(_user_of(again))
+    # Out of retries: the exception handed on is a TunnelError whose message holds no secret.
+    with pytest.raises(TunnelError) as info:
+        retry.process_exception(again, _echoed_tunnel_error(again))
+    shown = str(info.value)
+    assert "Could not open CONNECT tunnel" in shown and "407" in shown and "***" in shown
+    for secret in secrets:
+        assert secret not in shown and secret not in repr(info.value.args)
+    logged = [r.getMessage() for r in all_logs.records]
+    assert any("Retrying" in m for m in logged) and any("Gave up retrying" in m for m in logged)
+    for message in logged:
+        assert not any(secret in message for secret in secrets), message
+    # HexProxy alone (no retry middleware) hands on the same redacted copy.
+    with pytest.raises(TunnelError) as info:
+        proxy.process_exception(again, _echoed_tunnel_error(again))
+    assert not any(secret in str(info.value) for secret in secrets)
+    # An exception that holds no secret goes on as it is.
+    plain = TunnelError("Could not open CONNECT tunnel [{'status': 407, 'reason': b'No'}]")
+    assert proxy.process_exception(_send(proxy), plain) is None
+
+
+def test_core_redact_takes_every_form_of_the_password(hook_crawler):
+    core = runtime_of(hook_crawler()).core
+    assert core.redact("nothing here") == "nothing here"
+    header = base64.b64encode(b"USER-session-s007:s3cr3t-PASS").decode()
+    assert core.redact(f"407 Basic {header}") == "407 Basic ***"
+    assert core.redact("pw=s3cr3t-PASS;") == "pw=***;"
+    inner = base64.b64encode(b"xProxy-Authorization: USER:s3cr3t-PASS").decode()
+    assert core.redact(f"({inner})") == "(***)"
+
+
 def test_promise_12_warns_once_when_scrapy_retry_is_also_enabled(hook_crawler, caplog):
     caplog.set_level(logging.WARNING, logger="scrapy_hexproxy")
     wiring = {

@@ -302,6 +302,12 @@ class Core:
         """The gateway user (``HEX_PROXY_USER``); ``None`` with a proxy list. The password is
         never exposed."""
 
+    def redact(self, text: str) -> str:
+        """``text`` with every password of the gateway or the list replaced by ``***``: as
+        written, percent-encoded, as a bytes repr shows it, and any base64 run that decodes to
+        bytes holding it (a ``Proxy-Authorization`` value, at any alignment). For text from
+        elsewhere that we log or raise (a reason phrase, an exception's message)."""
+
     def proxy_label(self, number: int) -> str | None:
         """The session's proxy as a person may see it, ``http://user:***@host:port`` (no
         password); ``None`` with a gateway."""

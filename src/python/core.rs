@@ -236,6 +236,12 @@ impl Core {
         }
     }
 
+    /// `text` without the credentials (see `redact.rs`): for text from elsewhere that we log
+    /// or raise (a reason phrase, an exception's message).
+    fn redact(&self, text: &str) -> String {
+        self.engine.config().redactor.redact(text).into_owned()
+    }
+
     // Shows the user, never the password.
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let (live, cooling) = self.engine.counts();
