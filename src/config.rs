@@ -6,6 +6,7 @@ use crate::backoff::Backoff;
 use crate::error::ConfigError;
 use crate::identity::OnBlacklist;
 use crate::provider::{Entry, Gateway, Provider, ProxyList};
+use crate::redact::Redactor;
 use crate::scope::BanScope;
 use crate::settings as setting;
 
@@ -57,6 +58,8 @@ pub struct Config {
     pub max_uses: u32,
     /// Age (from its first hand-out) at which an id is rotated; zero = never.
     pub max_age: Duration,
+    /// Takes the provider's passwords out of text we log or raise.
+    pub redactor: Redactor,
 }
 
 /// What failures are kept against and what a blacklist does (`HEX_PROXY_BAN_SCOPE` with
@@ -107,6 +110,7 @@ impl Settings {
             None => Provider::Gateway(self.gateway()?),
             Some(entries) => Provider::List(ProxyList::parse(entries)?),
         };
+        let redactor = provider.redactor();
         let config = Config {
             // A list's proxies are its sessions.
             pool_size: match &provider {
@@ -125,6 +129,7 @@ impl Settings {
             blacklisting: self.blacklisting()?,
             max_uses: setting::SESSION_MAX_USES.check_u32(self.session_max_uses)?,
             max_age: setting::SESSION_MAX_AGE.check_seconds(self.session_max_age)?,
+            redactor,
         };
         // A listed proxy is one fixed identity: there is no session id to rotate.
         if let (Some(_), Some(setting)) = (config.provider.list(), config.rotation_setting()) {
@@ -145,7 +150,7 @@ impl Settings {
     }
 
     fn gateway(&self) -> Result<Gateway, ConfigError> {
-        if self.user.is_empty() {
+        if self.user.trim().is_empty() {
             return Err(ConfigError::UserEmpty);
         }
         if self.user.contains(':') {
@@ -153,6 +158,14 @@ impl Settings {
         }
         if self.password.is_empty() {
             return Err(ConfigError::PasswordEmpty);
+        }
+        for (setting, text) in [
+            (setting::USER.name, &self.user),
+            (setting::PASSWORD.name, &self.password),
+        ] {
+            if text.chars().any(char::is_control) {
+                return Err(ConfigError::ControlCharacter(setting));
+            }
         }
         Gateway::new(
             self.user.clone(),
@@ -410,10 +423,26 @@ mod tests {
 
     #[test]
     fn credentials_are_checked_without_echoing_them() {
-        assert_eq!(
-            error_of(|s| s.user.clear()),
-            "HEX_PROXY_USER must not be empty"
-        );
+        for blank in ["", "   ", "\t"] {
+            assert_eq!(
+                error_of(|s| s.user = blank.into()),
+                "HEX_PROXY_USER must not be empty or blank"
+            );
+        }
+        for (setting, change) in [
+            (
+                "HEX_PROXY_USER",
+                (|s: &mut Settings| s.user = "USER\r\nX-Injected".into()) as fn(&mut Settings),
+            ),
+            ("HEX_PROXY_PASS", |s| s.password = "s3cret-PASS\n".into()),
+            ("HEX_PROXY_PASS", |s| s.password = "s3cret\u{7f}".into()),
+        ] {
+            let message = error_of(change);
+            assert!(
+                message.starts_with(&format!("{setting} must not contain control characters")),
+                "{message}"
+            );
+        }
         let message = error_of(|s| s.user = "USER:s3cret-PASS".into());
         assert!(message.starts_with("HEX_PROXY_USER must not contain ':'"));
         assert_eq!(
@@ -424,6 +453,17 @@ mod tests {
 
     #[test]
     fn the_username_template_is_checked_with_the_gateway() {
+        for bad in [
+            "{user}-{session}\r\n",
+            "{user}\n-{session}",
+            "{user}\0{session}",
+        ] {
+            let message = error_of(|s| s.username_template = bad.into());
+            assert!(
+                message.starts_with("HEX_PROXY_USERNAME_TEMPLATE must not contain control"),
+                "{message}"
+            );
+        }
         let message = error_of(|s| s.username_template = "{user}-{id}".into());
         assert!(message.starts_with("HEX_PROXY_USERNAME_TEMPLATE has an unknown placeholder {id}"));
         let mut settings = example_settings();

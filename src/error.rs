@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::provider::MAX_PROXIES;
+
 /// A setting that cannot be used. The message names the setting, as the user wrote it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConfigError {
@@ -16,6 +18,12 @@ pub enum ConfigError {
         setting: &'static str,
         got: f64,
     },
+    /// A number of seconds other than 0 below the setting's least.
+    BelowLeast {
+        setting: &'static str,
+        least: f64,
+        got: f64,
+    },
     StatusCode {
         setting: &'static str,
         got: i64,
@@ -23,6 +31,10 @@ pub enum ConfigError {
     UserEmpty,
     UserHasColon,
     PasswordEmpty,
+    /// A control character (CR, LF, ...) in a setting that goes into a header.
+    ControlCharacter(&'static str),
+    /// `HEX_PROXY_GATEWAY` is not `http(s)://host:port`. Never echoed: it may hold a password.
+    GatewayUrl(EntryProblem),
     Template(TemplateProblem),
     /// An entry of the proxy list; `source` says which (`"HEX_PROXY_LIST entry 3"`). The
     /// entry itself is never echoed: it may hold a password, or a piece of one.
@@ -31,7 +43,7 @@ pub enum ConfigError {
         problem: EntryProblem,
     },
     ProxyListEmpty,
-    ProxyListTooLong(usize),
+    ProxyListTooLong,
     /// A word that is none of the setting's choices.
     Choice {
         setting: &'static str,
@@ -52,6 +64,7 @@ pub enum TemplateProblem {
     Unclosed,
     StrayBrace,
     Colon,
+    Control,
 }
 
 /// What is wrong with an entry of the proxy list.
@@ -66,6 +79,10 @@ pub enum EntryProblem {
     Host,
     NoUser,
     UserHasColon,
+    /// A control character (CR, LF, ...) in the user or password, after percent-decoding.
+    Control,
+    /// Credentials where there must be none (the gateway's URL).
+    Credentials,
 }
 
 impl fmt::Display for ConfigError {
@@ -81,25 +98,68 @@ impl fmt::Display for ConfigError {
                 f,
                 "{setting} must be a finite number of seconds >= 0, got {got:?}"
             ),
+            Self::BelowLeast {
+                setting,
+                least,
+                got,
+            } => {
+                let unit = if *least == 1.0 { "second" } else { "seconds" };
+                write!(
+                    f,
+                    "{setting} must be 0 (off) or at least {least} {unit}, got {got:?}"
+                )
+            }
             Self::StatusCode { setting, got } => write!(
                 f,
                 "{setting} must only hold HTTP status codes between 100 and 599, got {got}"
             ),
-            Self::UserEmpty => f.write_str("HEX_PROXY_USER must not be empty"),
+            Self::UserEmpty => f.write_str("HEX_PROXY_USER must not be empty or blank"),
             // The value is not echoed: a ':' usually means "user:password" was pasted here.
             Self::UserHasColon => f.write_str(
                 "HEX_PROXY_USER must not contain ':' (put the password in HEX_PROXY_PASS)",
             ),
             Self::PasswordEmpty => f.write_str("HEX_PROXY_PASS must not be empty"),
+            // The value is not echoed: it may be the password.
+            Self::ControlCharacter(setting) => write!(
+                f,
+                "{setting} must not contain control characters (CR, LF, tab, ...): the \
+                 credentials travel in a header, which cannot carry them"
+            ),
+            Self::GatewayUrl(problem) => {
+                f.write_str("HEX_PROXY_GATEWAY ")?;
+                f.write_str(match problem {
+                    EntryProblem::Empty => "is empty (expected 'http://host:port')",
+                    EntryProblem::NoScheme | EntryProblem::Scheme => {
+                        "must start with http:// or https:// (expected 'http://host:port')"
+                    }
+                    EntryProblem::Tail => {
+                        "must be just scheme, host and port ('http://host:port'), without a \
+                         path or query"
+                    }
+                    EntryProblem::NoPort => "has no port (expected 'http://host:port')",
+                    EntryProblem::Port => "port must be a number between 1 and 65535",
+                    EntryProblem::Host => {
+                        "has no valid host: a name of letters, digits, '-' and '.', an IPv4 \
+                         address or an [IPv6] address"
+                    }
+                    EntryProblem::NoUser
+                    | EntryProblem::UserHasColon
+                    | EntryProblem::Control
+                    | EntryProblem::Credentials => {
+                        "must not hold credentials: put them in HEX_PROXY_USER and \
+                         HEX_PROXY_PASS and give the gateway as 'http://host:port'"
+                    }
+                })
+            }
             Self::Template(problem) => write!(f, "HEX_PROXY_USERNAME_TEMPLATE {problem}"),
             Self::ProxyEntry { source, problem } => write!(f, "{source}: {problem}"),
             Self::ProxyListEmpty => {
                 f.write_str("the proxy list (HEX_PROXY_LIST or HEX_PROXY_LIST_FILE) holds no proxy")
             }
-            Self::ProxyListTooLong(got) => write!(
+            Self::ProxyListTooLong => write!(
                 f,
-                "the proxy list (HEX_PROXY_LIST or HEX_PROXY_LIST_FILE) holds {got} proxies, \
-                 more than a pool can"
+                "the proxy list (HEX_PROXY_LIST or HEX_PROXY_LIST_FILE) holds more than the \
+                 {MAX_PROXIES} proxies a list may hold"
             ),
             Self::Choice {
                 setting,
@@ -152,6 +212,10 @@ impl fmt::Display for TemplateProblem {
             Self::Colon => {
                 f.write_str("must not contain ':' (HTTP Basic ends the username at the first ':')")
             }
+            Self::Control => f.write_str(
+                "must not contain control characters (CR, LF, tab, ...): the username travels \
+                 in a header, which cannot carry them",
+            ),
         }
     }
 }
@@ -170,11 +234,19 @@ impl fmt::Display for EntryProblem {
             }
             Self::NoPort => "has no port (expected scheme://[user:password@]host:port)",
             Self::Port => "port must be a number between 1 and 65535",
-            Self::Host => "has no valid host (a name, an IPv4 address or an [IPv6] address)",
+            Self::Host => {
+                "has no valid host (a name of letters, digits, '-' and '.', an IPv4 address or \
+                 an [IPv6] address)"
+            }
             Self::NoUser => {
                 "has credentials without a user (expected scheme://user:password@host:port)"
             }
             Self::UserHasColon => "user must not contain ':' (after percent-decoding)",
+            Self::Control => {
+                "user and password must not contain control characters (CR, LF, tab, ...), \
+                 after percent-decoding: a header cannot carry them"
+            }
+            Self::Credentials => "must not hold credentials",
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod ledger;
 pub mod pool;
 pub mod provider;
+pub mod redact;
 pub mod retry;
 pub mod runs;
 pub mod scope;
@@ -29,7 +30,7 @@ mod _core {
     use pyo3::prelude::*;
 
     #[pymodule_export]
-    use crate::python::core::{attempt_of, Core};
+    use crate::python::core::{attempt_of, parse_gateway, Core};
     #[pymodule_export]
     use crate::python::hooks::{HookState, ProxyHooks, RetryHooks};
     #[pymodule_export]
@@ -47,6 +48,10 @@ mod _core {
     const SWITCH_KEY: &str = crate::python::attempt::SWITCH;
     #[pymodule_export]
     const DEFAULT_USERNAME_TEMPLATE: &str = crate::provider::DEFAULT_TEMPLATE;
+    #[pymodule_export]
+    const MAX_PROXIES: usize = crate::provider::MAX_PROXIES;
+    #[pymodule_export]
+    const MAX_PROXY_FILE_BYTES: u64 = crate::provider::MAX_PROXY_FILE_BYTES;
     #[pymodule_export]
     const NOT_BEFORE_KEY: &str = crate::python::attempt::NOT_BEFORE;
 

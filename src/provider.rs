@@ -9,11 +9,18 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
 use crate::error::{ConfigError, EntryProblem, TemplateProblem};
+use crate::redact::Redactor;
 use crate::session::SessionId;
 
 /// The username template of the original guide.
 pub const DEFAULT_TEMPLATE: &str = "{user}-session-{session}";
 const BASIC: &str = "Basic ";
+/// The most proxies a list may hold (HEX_PROXY_LIST or HEX_PROXY_LIST_FILE; the README says
+/// it): more is a mistake, not a pool. The Python reader stops collecting lines one past it.
+pub const MAX_PROXIES: usize = 1_000_000;
+/// The largest HEX_PROXY_LIST_FILE read (the README says it): /dev/zero or a wrong path to a
+/// big file stops the crawl instead of filling the memory. 64 MiB holds a million long URLs.
+pub const MAX_PROXY_FILE_BYTES: u64 = 64 << 20;
 
 /// The gateway or the proxy list. `Debug` shows no password.
 #[derive(Debug, Clone)]
@@ -43,6 +50,14 @@ impl Provider {
         match self {
             Self::Gateway(gateway) => Some(gateway),
             Self::List(_) => None,
+        }
+    }
+
+    /// What takes every password this provider holds out of a text (see `redact.rs`).
+    pub fn redactor(&self) -> Redactor {
+        match self {
+            Self::Gateway(gateway) => Redactor::new([&gateway.password]),
+            Self::List(list) => Redactor::new(list.iter().filter_map(Proxy::password)),
         }
     }
 }
@@ -200,6 +215,7 @@ fn compile_template(template: &str, user: &str) -> Result<Box<[String]>, Templat
             }
             '}' => return Err(TemplateProblem::StrayBrace),
             ':' => return Err(TemplateProblem::Colon),
+            c if c.is_control() => return Err(TemplateProblem::Control),
             c => piece.push(c),
         }
     }
@@ -207,6 +223,38 @@ fn compile_template(template: &str, user: &str) -> Result<Box<[String]>, Templat
         return Err(TemplateProblem::NoSession);
     }
     Ok(pieces.into_boxed_slice())
+}
+
+/// `HEX_PROXY_GATEWAY`, `http(s)://host:port` (a `/` after it allowed), as `(scheme, host,
+/// port)`: the scheme and host lower-cased, an IPv6 host without its brackets. The same rules
+/// as a listed proxy's, without credentials.
+pub fn parse_gateway_url(text: &str) -> Result<(String, String, u16), ConfigError> {
+    let problem = ConfigError::GatewayUrl;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(problem(EntryProblem::Empty));
+    }
+    let (scheme, rest) = text
+        .split_once("://")
+        .ok_or(problem(EntryProblem::NoScheme))?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(problem(EntryProblem::Scheme));
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') {
+        return Err(problem(EntryProblem::Credentials));
+    }
+    if !tail.is_empty() && tail != "/" {
+        return Err(problem(EntryProblem::Tail));
+    }
+    let (host, port) = split_host_port(authority).map_err(problem)?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.trim_end_matches(']').to_owned(),
+        None => host,
+    };
+    Ok((scheme, host, port))
 }
 
 /// One raw entry of the proxy list: where it came from (`"HEX_PROXY_LIST entry 3"`, named in
@@ -228,6 +276,9 @@ impl ProxyList {
         if entries.is_empty() {
             return Err(ConfigError::ProxyListEmpty);
         }
+        if entries.len() > MAX_PROXIES {
+            return Err(ConfigError::ProxyListTooLong);
+        }
         let mut proxies: Vec<Proxy> = Vec::with_capacity(entries.len());
         let mut seen: HashMap<(String, Option<String>), usize> = HashMap::new();
         let mut duplicates = Vec::new();
@@ -244,9 +295,6 @@ impl ProxyList {
             }
             seen.insert(key, proxies.len());
             proxies.push(proxy);
-        }
-        if u32::try_from(proxies.len()).is_err() {
-            return Err(ConfigError::ProxyListTooLong(proxies.len()));
         }
         Ok(Self {
             proxies: proxies.into_boxed_slice(),
@@ -329,6 +377,10 @@ impl Proxy {
                 if user.contains(':') {
                     return Err(EntryProblem::UserHasColon);
                 }
+                let control = |text: &str| text.chars().any(char::is_control);
+                if control(&user) || password.as_deref().is_some_and(control) {
+                    return Err(EntryProblem::Control);
+                }
                 (Some(user), password)
             }
         };
@@ -371,6 +423,16 @@ impl Proxy {
             percent_encode(user),
             percent_encode(password)
         ))
+    }
+
+    /// The password, percent-decoded; `None` without one.
+    fn password(&self) -> Option<String> {
+        if !self.has_password {
+            return None;
+        }
+        let encoded = self.header.as_deref()?.strip_prefix(BASIC)?;
+        let pair = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
+        Some(pair.split_once(':')?.1.to_owned())
     }
 
     /// Where the entry came from: `"HEX_PROXY_LIST entry 3"`.
@@ -420,9 +482,10 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), EntryProblem> {
     } else {
         let (host, port) = hostport.rsplit_once(':').ok_or(EntryProblem::NoPort)?;
         let ok = !host.is_empty()
+            // No '_': no host name holds one (RFC 1123); IDNA encoding refuses it.
             && host
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
         if !ok {
             return Err(EntryProblem::Host);
         }
@@ -436,9 +499,9 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), EntryProblem> {
     Ok((host, port))
 }
 
-/// `%XX` to the byte; anything else as it is; invalid UTF-8 replaced (Python's `unquote`).
-/// RFC 3986 userinfo: every byte but the unreserved ones percent-encoded.
-fn percent_encode(text: &str) -> String {
+/// RFC 3986 userinfo: every byte but the unreserved ones percent-encoded (as Python's
+/// `quote(safe="")` writes it).
+pub(crate) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
@@ -450,6 +513,7 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
+/// `%XX` to the byte; anything else as it is; invalid UTF-8 replaced (Python's `unquote`).
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -778,10 +842,105 @@ mod tests {
             assert!(message.contains(expected), "{text}: {message}");
             assert!(!message.contains("s3cr"), "{text}: {message}");
         }
+        let many = vec![
+            (
+                "HEX_PROXY_LIST_FILE line 1".to_owned(),
+                "http://h:1".to_owned()
+            );
+            MAX_PROXIES + 1
+        ];
+        assert_eq!(
+            ProxyList::parse(&many).unwrap_err().to_string(),
+            "the proxy list (HEX_PROXY_LIST or HEX_PROXY_LIST_FILE) holds more than the 1000000 \
+             proxies a list may hold"
+        );
         assert_eq!(
             ProxyList::parse(&[]).unwrap_err().to_string(),
             "the proxy list (HEX_PROXY_LIST or HEX_PROXY_LIST_FILE) holds no proxy"
         );
+    }
+
+    #[test]
+    fn the_gateway_url_is_scheme_host_and_port() {
+        let ok = |text: &str| parse_gateway_url(text).unwrap();
+        let owned = |scheme: &str, host: &str, port| (scheme.to_owned(), host.to_owned(), port);
+        assert_eq!(
+            ok("http://127.0.0.1:7777"),
+            owned("http", "127.0.0.1", 7777)
+        );
+        assert_eq!(
+            ok(" HTTPS://Gate.Example.com:1/ "),
+            owned("https", "gate.example.com", 1)
+        );
+        assert_eq!(ok("http://[::1]:8080"), owned("http", "::1", 8080));
+        let cases = [
+            ("", "is empty"),
+            ("127.0.0.1:7777", "must start with http:// or https://"),
+            ("ftp://127.0.0.1:21", "must start with http:// or https://"),
+            ("http://127.0.0.1", "has no port"),
+            (
+                "http://127.0.0.1:0",
+                "port must be a number between 1 and 65535",
+            ),
+            (
+                "http://127.0.0.1:99999",
+                "port must be a number between 1 and 65535",
+            ),
+            ("http://127.0.0.1:", "port must be"),
+            ("http://gate way:7777", "has no valid host"),
+            ("http://gate_way:7777", "has no valid host"),
+            ("http://:7777", "has no valid host"),
+            (
+                "http://127.0.0.1:7777/path",
+                "must be just scheme, host and port",
+            ),
+            (
+                "http://127.0.0.1:7777?q",
+                "must be just scheme, host and port",
+            ),
+            (
+                "http://USER:s3cret@127.0.0.1:7777",
+                "must not hold credentials",
+            ),
+            ("http://s3cret@127.0.0.1:7777", "must not hold credentials"),
+        ];
+        for (text, expected) in cases {
+            let message = parse_gateway_url(text).unwrap_err().to_string();
+            assert!(
+                message.starts_with("HEX_PROXY_GATEWAY "),
+                "{text}: {message}"
+            );
+            assert!(message.contains(expected), "{text}: {message}");
+            assert!(!message.contains("s3cret"), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn control_characters_in_listed_credentials_are_refused() {
+        for text in [
+            "http://us%0Der:pw@h:1",
+            "http://user:p%0Aw@h:1",
+            "http://user:p%09w@h:1",
+        ] {
+            assert!(entry_error(text).contains("control characters"), "{text}");
+        }
+        // '_' in a host: no host name holds one, and IDNA encoding refuses it.
+        assert!(entry_error("http://user:pw@my_proxy:1").contains("has no valid host"));
+    }
+
+    #[test]
+    fn the_redactor_holds_every_listed_password() {
+        let provider = Provider::List(list(&[
+            "http://alice:s3cret@h:1",
+            "http://bob:pa%40ss@h:2",
+            "http://carol@h:3",
+        ]));
+        let redactor = provider.redactor();
+        let text = format!("s3cret pa@ss pa%40ss {}", STANDARD.encode("alice:s3cret"));
+        assert_eq!(redactor.redact(&text), "*** *** *** ***");
+        let gateway = Provider::Gateway(gateway(DEFAULT_TEMPLATE));
+        let header = gateway.proxy_authorization(5, &SessionId::new(5)).unwrap();
+        assert_eq!(gateway.redactor().redact(&header), "Basic ***");
     }
 
     #[test]

@@ -35,14 +35,16 @@ pub enum Kind {
         min: i64,
         max: i64,
     },
-    /// A finite number of seconds >= 0.
-    Seconds,
+    /// A finite number of seconds: 0, or at least `least` (0.0: any number >= 0).
+    Seconds {
+        least: f64,
+    },
     /// A list of HTTP statuses 100..=599.
     Codes,
     /// One of these words, ignoring case.
     Choice(&'static [&'static str]),
     Text,
-    /// `http(s)://host:port`, read by the Python package.
+    /// `http(s)://host:port`, parsed by the core (`provider::parse_gateway_url`).
     Gateway,
     /// Proxy URLs: a list, or one string cut at commas and whitespace.
     ProxyList,
@@ -60,7 +62,7 @@ impl Kind {
         match self {
             Self::Bool => "bool",
             Self::Int { .. } => "int",
-            Self::Seconds => "seconds",
+            Self::Seconds { .. } => "seconds",
             Self::Codes => "codes",
             Self::Choice(_) => "choice",
             Self::Text => "text",
@@ -170,7 +172,7 @@ pub const MAX_FAILURES_SETTING: Setting = Setting {
 pub const COOLDOWN: Setting = Setting {
     name: "HEX_PROXY_BLACKLIST_COOLDOWN",
     key: Some("cooldown"),
-    kind: Kind::Seconds,
+    kind: Kind::Seconds { least: 0.0 },
     default: Default::Seconds(300.0),
     fallback: None,
     doc: "seconds a blacklisted session rests",
@@ -213,7 +215,7 @@ pub const AUTH_FAILURES_TO_CLOSE: Setting = Setting {
 pub const BACKOFF_BASE: Setting = Setting {
     name: "HEX_PROXY_RETRY_BACKOFF_BASE",
     key: Some("backoff_base"),
-    kind: Kind::Seconds,
+    kind: Kind::Seconds { least: 0.0 },
     default: Default::Seconds(0.0),
     fallback: None,
     doc: "seconds; above 0 retries are paced (full jitter); 0 = off",
@@ -221,7 +223,7 @@ pub const BACKOFF_BASE: Setting = Setting {
 pub const BACKOFF_MAX: Setting = Setting {
     name: "HEX_PROXY_RETRY_BACKOFF_MAX",
     key: Some("backoff_max"),
-    kind: Kind::Seconds,
+    kind: Kind::Seconds { least: 0.0 },
     default: Default::Seconds(60.0),
     fallback: None,
     doc: "seconds: the longest a paced retry waits, Retry-After included",
@@ -259,7 +261,7 @@ pub const SESSION_MAX_USES: Setting = Setting {
 pub const SESSION_MAX_AGE: Setting = Setting {
     name: "HEX_PROXY_SESSION_MAX_AGE",
     key: Some("session_max_age"),
-    kind: Kind::Seconds,
+    kind: Kind::Seconds { least: 0.0 },
     default: Default::Seconds(0.0),
     fallback: None,
     doc: "seconds from a session id's first use after which it is rotated; 0 = never",
@@ -291,7 +293,8 @@ pub const USER_AGENTS: Setting = Setting {
 pub const LOGSTATS_INTERVAL: Setting = Setting {
     name: "HEX_PROXY_LOGSTATS_INTERVAL",
     key: None,
-    kind: Kind::Seconds,
+    // Below a second the log is flooded (1e-9 wrote 20,000 lines in 9 s).
+    kind: Kind::Seconds { least: 1.0 },
     default: Default::Seconds(60.0),
     fallback: None,
     doc: "seconds between pool-health lines in the log; 0: none",
@@ -432,12 +435,24 @@ impl Setting {
         Ok(self.check_int(got)? as u32)
     }
 
-    /// `got`, when it is a number of seconds a `Duration` holds: finite and not negative.
+    /// `got`, when it is a number of seconds a `Duration` holds (finite and not negative) and,
+    /// unless 0, not below the setting's least.
     pub fn check_seconds(&self, got: f64) -> Result<Duration, ConfigError> {
-        Duration::try_from_secs_f64(got).map_err(|_| ConfigError::Seconds {
+        let Kind::Seconds { least } = self.kind else {
+            panic!("not a seconds setting")
+        };
+        let seconds = Duration::try_from_secs_f64(got).map_err(|_| ConfigError::Seconds {
             setting: self.name,
             got,
-        })
+        })?;
+        if got != 0.0 && got < least {
+            return Err(ConfigError::BelowLeast {
+                setting: self.name,
+                least,
+                got,
+            });
+        }
+        Ok(seconds)
     }
 
     /// The position among the setting's choices of `got`, ignoring case.
@@ -474,7 +489,7 @@ mod tests {
                 (Kind::Int { .. }, Default::Int(value)) => {
                     setting.check_int(*value).unwrap();
                 }
-                (Kind::Seconds, Default::Seconds(value)) => {
+                (Kind::Seconds { .. }, Default::Seconds(value)) => {
                     setting.check_seconds(*value).unwrap();
                 }
                 (Kind::Codes, Default::Codes(codes)) => {
@@ -496,6 +511,22 @@ mod tests {
         let mut expected = vec![403, 407, 429];
         expected.extend(500..=599);
         assert_eq!(FAILURE_CODES.default_codes(), expected);
+    }
+
+    #[test]
+    fn the_log_interval_is_0_or_at_least_a_second() {
+        assert_eq!(
+            LOGSTATS_INTERVAL
+                .check_seconds(1e-9)
+                .unwrap_err()
+                .to_string(),
+            "HEX_PROXY_LOGSTATS_INTERVAL must be 0 (off) or at least 1 second, got 1e-9"
+        );
+        assert!(LOGSTATS_INTERVAL.check_seconds(0.999).is_err());
+        for fine in [0.0, 1.0, 2.5, 3600.0] {
+            assert!(LOGSTATS_INTERVAL.check_seconds(fine).is_ok(), "{fine}");
+        }
+        assert!(COOLDOWN.check_seconds(1e-9).is_ok());
     }
 
     #[test]

@@ -5,16 +5,19 @@ Targets like http://site.test/... are answered by the gateway itself: nothing le
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
 import socket
 import warnings
 from collections import Counter
 
 import pytest
 import pytest_twisted
+from scrapy.core.downloader.handlers.http11 import TunnelError
 
 from scrapy_hexproxy import HexProxyConfigError
-from scrapy_hexproxy.testing import Behavior, advance_clock
+from scrapy_hexproxy.testing import Behavior, Gateway, advance_clock
 
 from .conftest import urls, when_requests_wait
 
@@ -349,3 +352,57 @@ async def test_promise_9_bad_credentials_stop_even_with_requests_waiting_for_a_s
     # Nothing after the stop: the first 16 in flight, plus at most the retries of the two
     # 407s that came before the third one stopped the crawl.
     assert sum(hexproxy_gateway.counts().values()) <= 16 + 2
+
+
+def _holds_secret(text: str, password: str) -> bool:
+    """Whether ``text`` holds the password, or base64 that decodes to bytes holding it (at any
+    of the four offsets a run may start at)."""
+    if password in text:
+        return True
+    for run in re.findall(r"[A-Za-z0-9+/]{4,}", text):
+        for shift in range(4):
+            chars = run[shift:]
+            chars = chars[: len(chars) - (len(chars) % 4 == 1)]
+            try:
+                decoded = base64.b64decode(chars + "=" * (-len(chars) % 4))
+            except ValueError:
+                continue
+            if password.encode() in decoded:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest_twisted.ensureDeferred
+async def test_promise_11_an_echoing_gateway_gets_no_credentials_into_logs_or_errbacks(
+    crawl, base_settings, all_logs, scheme
+):
+    password = "s3cr3t-PASS"
+    with Gateway(password=password) as gateway:
+        # Every answer a 407 whose reason phrase quotes the Proxy-Authorization and the
+        # "user:password" it decodes to; for https Scrapy's TunnelError then quotes it.
+        gateway.set_default_behavior(Behavior.echo_credentials_in(407))
+        settings = {
+            **base_settings,
+            "HEX_PROXY_GATEWAY": gateway.url,
+            "HEX_PROXY_PASS": password,
+            "HEX_PROXY_SESSION_POOL_SIZE": 3,
+            "HEX_PROXY_MAX_RETRIES": 1,
+            "HEX_PROXY_AUTH_FAILURES_TO_CLOSE": 1000,
+        }
+        result = await crawl(settings, urls(3, scheme))
+        assert gateway.records
+    assert result.stats.get("hex_proxy/retry", 0) >= 3
+    texts = [record.getMessage() for record in all_logs.records] + [all_logs.text]
+    if scheme == "https":
+        assert len(result.errors) == 3
+        for failure in result.errors:
+            # The same class, its message redacted (the errback can still check the class).
+            assert failure.check(TunnelError)
+            assert "407" in str(failure.value) and "***" in str(failure.value)
+            texts += [str(failure.value), repr(failure.value.args), failure.getTraceback()]
+        assert any("Gave up retrying" in text and "***" in text for text in texts)
+    else:
+        assert {page.status for page in result.pages} == {407}
+    leaked = [text for text in texts if _holds_secret(text, password)]
+    assert not leaked, leaked[:3]

@@ -18,7 +18,7 @@ from scrapy.http import Headers, Response
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.error import ConnectionRefusedError as TxConnectionRefusedError
 
-from scrapy_hexproxy import HexProxyConfigError, HexProxyMiddleware, SmartRetryMiddleware
+from scrapy_hexproxy import HexProxyConfigError, HexProxyMiddleware, SmartRetryMiddleware, _core
 from scrapy_hexproxy._core import attempt_of
 from scrapy_hexproxy._runtime import advance_clock
 
@@ -434,6 +434,24 @@ def test_promise_10_enabled_false_switches_both_off(hook_crawler):
         ("HEX_PROXY_FAILURE_CODES", ["x"]),
         ("HEX_PROXY_AUTH_FAILURES_TO_CLOSE", 0),
         ("HEX_PROXY_ENABLED", "maybe"),
+        # The slips of issue 15: each stops at start, naming the setting.
+        ("HEX_PROXY_RETRY_CODES", [float("inf")]),
+        ("HEX_PROXY_RETRY_CODES", [403.9]),
+        ("HEX_PROXY_RETRY_CODES", "403.9"),
+        ("HEX_PROXY_FAILURE_CODES", [float("nan")]),
+        ("HEX_PROXY_FAILURE_CODES", [10**30]),
+        ("HEX_PROXY_FAILURE_CODES", [-(10**30)]),
+        ("HEX_PROXY_GATEWAY", "http://127.0.0.1:0"),
+        ("HEX_PROXY_GATEWAY", "http://gate way.test:7777"),
+        ("HEX_PROXY_GATEWAY", "http://gate_way.test:7777"),
+        ("HEX_PROXY_GATEWAY", "http://:7777"),
+        ("HEX_PROXY_USER", "   "),
+        ("HEX_PROXY_USER", "USER\r\nX-Injected"),
+        ("HEX_PROXY_PASS", "s3cr3t-PASS\r\n"),
+        ("HEX_PROXY_USERNAME_TEMPLATE", "{user}-session-{session}\r\nX-Injected"),
+        ("HEX_PROXY_USERNAME_TEMPLATE", "{user}\t{session}"),
+        ("HEX_PROXY_LOGSTATS_INTERVAL", 1e-9),
+        ("HEX_PROXY_LOGSTATS_INTERVAL", 0.5),
     ],
 )
 def test_bad_settings_stop_the_crawl_with_a_message_naming_the_setting(
@@ -443,6 +461,89 @@ def test_bad_settings_stop_the_crawl_with_a_message_naming_the_setting(
         _pair(hook_crawler(**{setting: value}))
     assert setting in str(info.value)
     assert "s3cr3t-PASS" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("HEX_PROXY_RETRY_CODES", [float("inf")], "must hold HTTP status codes (whole numbers)"),
+        ("HEX_PROXY_RETRY_CODES", [403.9], "got 403.9"),
+        ("HEX_PROXY_FAILURE_CODES", [10**30], "out of range for a status code"),
+        ("HEX_PROXY_GATEWAY", "http://127.0.0.1:0", "port must be a number between 1 and 65535"),
+        ("HEX_PROXY_GATEWAY", "http://gate_way.test:7777", "has no valid host"),
+        ("HEX_PROXY_USER", " ", "must not be empty or blank"),
+        ("HEX_PROXY_USERNAME_TEMPLATE", "{user}-{session}\r\n", "control characters"),
+        ("HEX_PROXY_LOGSTATS_INTERVAL", 1e-9, "must be 0 (off) or at least 1 second"),
+    ],
+)
+def test_each_slip_is_told_what_is_wrong(hook_crawler, setting, value, expected):
+    with pytest.raises(HexProxyConfigError) as info:
+        _pair(hook_crawler(**{setting: value}))
+    message = str(info.value)
+    assert message.startswith(setting) and expected in message, message
+
+
+def test_the_log_interval_may_be_0_or_a_second_and_more(hook_crawler):
+    for interval in (0, 1, "2.5"):
+        _pair(hook_crawler(HEX_PROXY_LOGSTATS_INTERVAL=interval))
+
+
+def _list_file_error(hook_crawler, path) -> str:
+    no_gateway = {"HEX_PROXY_GATEWAY": None, "HEX_PROXY_USER": None, "HEX_PROXY_PASS": None}
+    with pytest.raises(HexProxyConfigError) as info:
+        _pair(hook_crawler(**no_gateway, HEX_PROXY_LIST_FILE=str(path)))
+    return str(info.value)
+
+
+def test_a_list_file_that_is_no_regular_file_is_refused_before_reading(hook_crawler, tmp_path):
+    for path in ("/dev/zero", tmp_path):
+        message = _list_file_error(hook_crawler, path)
+        assert message.startswith("HEX_PROXY_LIST_FILE") and "not a regular file" in message
+
+
+def test_a_list_file_is_read_up_to_its_documented_bound(hook_crawler, tmp_path):
+    big = tmp_path / "proxies.txt"
+    with open(big, "wb") as file:
+        file.write(b"http://127.0.0.1:8001\n")
+        file.truncate(_core.MAX_PROXY_FILE_BYTES + 1)  # sparse: nothing written
+    message = _list_file_error(hook_crawler, big)
+    assert message.startswith("HEX_PROXY_LIST_FILE") and "larger than 64 MiB" in message
+    assert "1,000,000 proxies" in message
+
+
+def test_promise_21_a_misspelled_setting_gets_one_warning_naming_the_closest(hook_crawler, caplog):
+    caplog.set_level(logging.WARNING, logger="scrapy_hexproxy")
+    crawler = hook_crawler(HEX_PROXY_MAX_FAILURE=3, HEX_PROXY_BLACKLIST_COOLDOWM="60")
+    _pair(crawler)  # both middlewares: the warning is the runtime's, made once per crawler
+    warned = [
+        r.getMessage() for r in caplog.records if "not a scrapy-hexproxy setting" in r.getMessage()
+    ]
+    assert len(warned) == 2, warned
+    [failure] = [m for m in warned if "HEX_PROXY_MAX_FAILURE " in m]
+    assert "did you mean HEX_PROXY_MAX_FAILURES?" in failure
+    [cooldown] = [m for m in warned if "HEX_PROXY_BLACKLIST_COOLDOWM" in m]
+    assert "did you mean HEX_PROXY_BLACKLIST_COOLDOWN?" in cooldown
+    assert all(
+        r.levelno == logging.WARNING for r in caplog.records if "not a scrapy" in r.getMessage()
+    )
+
+
+def test_promise_21_a_name_close_to_none_of_ours_is_warned_without_a_guess(hook_crawler, caplog):
+    caplog.set_level(logging.WARNING, logger="scrapy_hexproxy")
+    _pair(hook_crawler(HEX_PROXY_XYZZY=1))
+    [warned] = [r.getMessage() for r in caplog.records if "HEX_PROXY_XYZZY" in r.getMessage()]
+    assert "did you mean" not in warned and "README" in warned
+
+
+def test_promise_21_the_warning_comes_even_when_another_setting_stops_the_crawl(
+    hook_crawler, caplog
+):
+    caplog.set_level(logging.WARNING, logger="scrapy_hexproxy")
+    with pytest.raises(HexProxyConfigError):
+        _pair(hook_crawler(HEX_PROXY_SESION_POOL_SIZE=5, HEX_PROXY_MAX_FAILURES=0))
+    assert [
+        r for r in caplog.records if "did you mean HEX_PROXY_SESSION_POOL_SIZE?" in r.getMessage()
+    ]
 
 
 def test_settings_from_the_command_line_are_accepted_as_strings(hook_crawler):
@@ -465,6 +566,63 @@ def test_promise_11_password_in_no_repr_error_or_stat(hook_crawler):
         _pair(hook_crawler(HEX_PROXY_GATEWAY="http://USER:s3cr3t-PASS@127.0.0.1:7777"))
     assert "s3cr3t-PASS" not in str(info.value) and "HEX_PROXY_GATEWAY" in str(info.value)
     assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+def _secret_forms(user_and_password: str) -> list[str]:
+    """The password and the base64 forms of "username:password" a message could carry."""
+    password = user_and_password.partition(":")[2]
+    encoded = base64.b64encode(user_and_password.encode()).decode()
+    return [password, encoded, encoded.rstrip("=")]
+
+
+def _echoed_tunnel_error(request) -> TunnelError:
+    """What Scrapy raises when an echoing gateway refuses the CONNECT with the credentials as
+    its reason phrase."""
+    header = request.headers[b"Proxy-Authorization"].decode()
+    reason = f"{header} ({_user_of(request)})".encode()
+    return TunnelError(
+        "Could not open CONNECT tunnel with proxy 127.0.0.1:7777"
+        f" [{{'status': 407, 'reason': {reason!r}}}]"
+    )
+
+
+def test_promise_11_a_tunnel_error_quoting_the_credentials_is_redacted(hook_crawler, all_logs):
+    crawler = hook_crawler(HEX_PROXY_MAX_RETRIES=1, HEX_PROXY_AUTH_FAILURES_TO_CLOSE=100)
+    proxy, retry = _pair(crawler)
+    request = _send(proxy, "https://site.test/a")
+    secrets = _secret_forms(_user_of(request))
+    again = retry.process_exception(request, _echoed_tunnel_error(request))
+    assert isinstance(again, Request)
+    assert proxy.process_request(again) is None
+    secrets += _secret_forms(_user_of(again))
+    # Out of retries: the exception handed on is a TunnelError whose message holds no secret.
+    with pytest.raises(TunnelError) as info:
+        retry.process_exception(again, _echoed_tunnel_error(again))
+    shown = str(info.value)
+    assert "Could not open CONNECT tunnel" in shown and "407" in shown and "***" in shown
+    for secret in secrets:
+        assert secret not in shown and secret not in repr(info.value.args)
+    logged = [r.getMessage() for r in all_logs.records]
+    assert any("Retrying" in m for m in logged) and any("Gave up retrying" in m for m in logged)
+    for message in logged:
+        assert not any(secret in message for secret in secrets), message
+    # HexProxy alone (no retry middleware) hands on the same redacted copy.
+    with pytest.raises(TunnelError) as info:
+        proxy.process_exception(again, _echoed_tunnel_error(again))
+    assert not any(secret in str(info.value) for secret in secrets)
+    # An exception that holds no secret goes on as it is.
+    plain = TunnelError("Could not open CONNECT tunnel [{'status': 407, 'reason': b'No'}]")
+    assert proxy.process_exception(_send(proxy), plain) is None
+
+
+def test_core_redact_takes_every_form_of_the_password(hook_crawler):
+    core = runtime_of(hook_crawler()).core
+    assert core.redact("nothing here") == "nothing here"
+    header = base64.b64encode(b"USER-session-s007:s3cr3t-PASS").decode()
+    assert core.redact(f"407 Basic {header}") == "407 Basic ***"
+    assert core.redact("pw=s3cr3t-PASS;") == "pw=***;"
+    inner = base64.b64encode(b"xProxy-Authorization: USER:s3cr3t-PASS").decode()
+    assert core.redact(f"({inner})") == "(***)"
 
 
 def test_promise_12_warns_once_when_scrapy_retry_is_also_enabled(hook_crawler, caplog):

@@ -15,6 +15,8 @@ __all__ = [
     "DEFAULT_USERNAME_TEMPLATE",
     "FAILED",
     "FAILED_KEY",
+    "MAX_PROXIES",
+    "MAX_PROXY_FILE_BYTES",
     "NOT_BEFORE_KEY",
     "PROXY_REJECTED",
     "ROTATED",
@@ -28,6 +30,7 @@ __all__ = [
     "Setting",
     "__version__",
     "attempt_of",
+    "parse_gateway",
 ]
 
 __version__: Final[str]
@@ -76,6 +79,12 @@ one that decides; a stale one is dropped when the next attempt starts."""
 SWITCH_KEY: Final = "hex_proxy"
 """Meta key of the per-request switch: a falsy value other than None (``False``, ``0``) leaves
 the request alone (no session, no retry, no stats)."""
+
+MAX_PROXIES: Final = 1000000
+"""The most proxies a list may hold (``HEX_PROXY_LIST`` or ``HEX_PROXY_LIST_FILE``)."""
+
+MAX_PROXY_FILE_BYTES: Final = 67108864
+"""The largest ``HEX_PROXY_LIST_FILE`` read (64 MiB)."""
 
 NOT_BEFORE_KEY: Final = "_hex_not_before"
 """Meta key of a paced retry: the time on the core's clock (``Core.now``) before which it must
@@ -293,6 +302,12 @@ class Core:
         """The gateway user (``HEX_PROXY_USER``); ``None`` with a proxy list. The password is
         never exposed."""
 
+    def redact(self, text: str) -> str:
+        """``text`` with every password of the gateway or the list replaced by ``***``: as
+        written, percent-encoded, as a bytes repr shows it, and any base64 run that decodes to
+        bytes holding it (a ``Proxy-Authorization`` value, at any alignment). For text from
+        elsewhere that we log or raise (a reason phrase, an exception's message)."""
+
     def proxy_label(self, number: int) -> str | None:
         """The session's proxy as a person may see it, ``http://user:***@host:port`` (no
         password); ``None`` with a gateway."""
@@ -309,6 +324,11 @@ class Core:
 def attempt_of(token: int | tuple[Any, ...]) -> tuple[int, int, str | None]:
     """``(session number, retry_times when it was sent, target host)`` of an attempt token
     (``meta[ATTEMPT_KEY]``); the host is ``None`` in session scope."""
+
+def parse_gateway(url: str) -> tuple[str, str, int]:
+    """``HEX_PROXY_GATEWAY`` (``http(s)://host:port``) as ``(scheme, host, port)``, scheme and
+    host lower-cased, an IPv6 host without brackets. ``ValueError`` names the setting and what
+    is wrong, never echoing the URL (it may hold a password)."""
 
 class _Probes(Protocol):
     """What ``scrapy_hexproxy._scrapy.Probes`` found (the wall's probes)."""

@@ -21,7 +21,13 @@ from . import _core, _scrapy
 from ._banpolicy import bad_verdict, build_ban_policy
 from ._logstats import PoolHealth, warn_without_timeout
 from ._pacing import NOT_BEFORE, Pacer
-from ._settings import HexProxyConfigError, HexSettings, check_pool_size, read_settings
+from ._settings import (
+    HexProxyConfigError,
+    HexSettings,
+    check_pool_size,
+    read_settings,
+    warn_unknown_settings,
+)
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -39,6 +45,7 @@ class Runtime:
     def of(cls, crawler: Crawler) -> Runtime:
         runtime = getattr(crawler, "_hex_proxy_runtime", None)
         if runtime is None:
+            warn_unknown_settings(crawler.settings)  # before a wrong value stops the crawl
             runtime = cls(crawler, read_settings(crawler.settings))
             crawler._hex_proxy_runtime = runtime  # type: ignore[attr-defined]
         return runtime

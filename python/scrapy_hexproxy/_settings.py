@@ -9,14 +9,18 @@ core's, whose messages also name the setting.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from . import _core
+
+logger = logging.getLogger("scrapy_hexproxy")
 
 #: The declared settings by name.
 SETTINGS: Final[dict[str, _core.Setting]] = {setting.name: setting for setting in _core.SETTINGS}
@@ -105,35 +109,12 @@ def parse_gateway(value: Any) -> Gateway:
             f" got {type(value).__name__}"
         )
     try:
-        parts = urlsplit(value.strip())
-        port = parts.port
-        host = parts.hostname
-    except ValueError:
-        # urlsplit's message may quote the URL, which may hold a password: chain nothing.
-        raise HexProxyConfigError(
-            "HEX_PROXY_GATEWAY is not a valid URL (expected 'http://host:port'): bad port or host"
-        ) from None
-    if parts.username is not None or parts.password is not None:
-        raise HexProxyConfigError(
-            "HEX_PROXY_GATEWAY must not hold credentials: put them in HEX_PROXY_USER and"
-            " HEX_PROXY_PASS and give the gateway as 'http://host:port'"
-        )
-    if parts.scheme not in ("http", "https"):
-        raise HexProxyConfigError(
-            f"HEX_PROXY_GATEWAY must start with http:// or https://, got scheme {parts.scheme!r}"
-        )
-    if not host:
-        raise HexProxyConfigError("HEX_PROXY_GATEWAY has no host (expected 'http://host:port')")
-    if port is None:
-        raise HexProxyConfigError(
-            f"HEX_PROXY_GATEWAY has no port (expected '{parts.scheme}://{host}:PORT')"
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise HexProxyConfigError(
-            "HEX_PROXY_GATEWAY must be just scheme, host and port ('http://host:port'),"
-            " without a path or query"
-        )
-    return Gateway(parts.scheme, host, port)
+        scheme, host, port = _core.parse_gateway(value)
+    except ValueError as exc:  # the core names the setting and never echoes the URL
+        problem = str(exc)
+    else:
+        return Gateway(scheme, host, port)
+    raise HexProxyConfigError(problem)  # outside the except: no context chained either
 
 
 # -- the converters, by kind: (setting name, value as given) -> value for the core -------------
@@ -151,19 +132,27 @@ def _bool(name: str, value: Any) -> bool:
     raise HexProxyConfigError(f"{name} must be True or False, got {value!r}")
 
 
-def _int(name: str, value: Any) -> int:
-    number = None
+def _whole(value: Any) -> int | None:
+    """An int, or a string of one; None for anything else (a float, even 403.0, is a slip)."""
     if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str):
+        return value
+    if isinstance(value, str):
         try:
-            number = int(value.strip())
+            return int(value.strip())
         except ValueError:
             pass
+    return None
+
+
+#: The core reads whole numbers as 64-bit ints; it checks each setting's own bounds.
+_I64 = range(-(2**63), 2**63)
+
+
+def _int(name: str, value: Any) -> int:
+    number = _whole(value)
     if number is None:
         raise HexProxyConfigError(f"{name} must be a whole number, got {value!r}")
-    # The core checks each setting's own bounds; this only keeps it within a 64-bit int.
-    if not -(2**63) <= number < 2**63:
+    if number not in _I64:
         raise HexProxyConfigError(f"{name} is out of range, got {number}")
     return number
 
@@ -190,12 +179,14 @@ def _codes(name: str, value: Any) -> list[int]:
         )
     codes = []
     for item in value:
-        if isinstance(item, bool):
-            raise HexProxyConfigError(f"{name} must hold HTTP status codes, got {item!r}")
-        try:
-            codes.append(int(item))
-        except (TypeError, ValueError):
-            raise HexProxyConfigError(f"{name} must hold HTTP status codes, got {item!r}") from None
+        code = _whole(item)
+        if code is None:
+            raise HexProxyConfigError(
+                f"{name} must hold HTTP status codes (whole numbers), got {item!r}"
+            )
+        if code not in _I64:  # the core checks 100..599, but reads 64 bits
+            raise HexProxyConfigError(f"{name} holds {code}, out of range for a status code")
+        codes.append(code)
     return codes
 
 
@@ -325,12 +316,25 @@ def _proxy_file(value: Any) -> list[tuple[str, str]]:
     path = os.fspath(value)
     text: str | None = None
     try:
-        with open(path, encoding="utf-8-sig") as file:
-            text = file.read()
+        # stat first: opening a FIFO would block, and a device (/dev/zero) never ends.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise HexProxyConfigError(
+                f"{LIST_FILE} {path!r} is not a regular file (a device, FIFO or directory):"
+                " give the path of a text file of proxies"
+            )
+        with open(path, "rb") as file:
+            data = file.read(_core.MAX_PROXY_FILE_BYTES + 1)
     except OSError as exc:
         raise HexProxyConfigError(
             f"{LIST_FILE} {path!r} cannot be read: {exc.strerror or type(exc).__name__}"
         ) from None
+    if len(data) > _core.MAX_PROXY_FILE_BYTES:
+        raise HexProxyConfigError(
+            f"{LIST_FILE} {path!r} is larger than {_core.MAX_PROXY_FILE_BYTES >> 20} MiB,"
+            f" the most a proxy file may hold ({_core.MAX_PROXIES:,} proxies at most)"
+        )
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass  # raised below, not in here: the error quotes the bytes, maybe a password
     if text is None:
@@ -340,6 +344,8 @@ def _proxy_file(value: Any) -> list[tuple[str, str]]:
         line = line.strip()
         if line and not line.startswith("#"):
             entries.append((f"{LIST_FILE} line {number}", line))
+            if len(entries) > _core.MAX_PROXIES:
+                break  # the core refuses the list, saying the bound
     if not entries:
         raise HexProxyConfigError(
             f"{LIST_FILE} {path!r} holds no proxy (one URL a line; blank lines and lines"
@@ -381,6 +387,29 @@ def read_settings(settings: Any) -> HexSettings:
         user_agents=_user_agents(settings, "HEX_PROXY_USER_AGENTS"),
         ban_policy=load_ban_policy(settings.get("HEX_PROXY_BAN_POLICY")),
     )
+
+
+def unknown_settings(settings: Any) -> list[tuple[str, str | None]]:
+    """Each ``HEX_PROXY_*`` name in ``settings`` that is not one of ours (a slip: it would be
+    ignored), with the closest real name if one is close. Names are compared without their
+    common prefix, which would make every name look close."""
+    prefix = "HEX_PROXY_"
+    ours = {name[len(prefix) :]: name for name in SETTINGS}
+    found = []
+    for name in sorted(n for n in settings if isinstance(n, str) and n.startswith(prefix)):
+        if name not in SETTINGS:
+            close = difflib.get_close_matches(name[len(prefix) :], ours, n=1)
+            found.append((name, ours[close[0]] if close else None))
+    return found
+
+
+def warn_unknown_settings(settings: Any) -> None:
+    """One WARNING per ``HEX_PROXY_*`` name that is not ours (DESIGN promise 21)."""
+    for name, closest in unknown_settings(settings):
+        hint = f"did you mean {closest}?" if closest else "the README's Settings list them all"
+        logger.warning(
+            "hex_proxy: %s is not a scrapy-hexproxy setting and is ignored (%s)", name, hint
+        )
 
 
 def check_pool_size(settings: HexSettings, pool_size: int) -> None:

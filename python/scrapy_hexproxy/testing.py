@@ -106,6 +106,9 @@ class Behavior:
     headers: tuple[tuple[str, str], ...] = ()
     #: With action ``"status"``: an HTML body to answer instead of ``hexgate: <status>``.
     body: str | None = None
+    #: With action ``"status"``: the reason phrase quotes the request's credentials (its
+    #: ``Proxy-Authorization`` and what it decodes to), as a careless gateway may.
+    echo_credentials: bool = False
 
     def __post_init__(self) -> None:
         if self.action not in ("ok", "status", "close", "hang"):
@@ -137,6 +140,13 @@ class Behavior:
         """Answer every request with ``status`` (200 by default) and this HTML ``body``: a
         captcha or block page that a status check alone would take for a success."""
         return cls("status", status, body=body)
+
+    @classmethod
+    def echo_credentials_in(cls, status: int = 407) -> Behavior:
+        """Answer every request with ``status`` and a reason phrase that quotes the request's
+        ``Proxy-Authorization`` and the ``user:password`` it decodes to (an echoing gateway,
+        for tests that the credentials are redacted wherever the reason phrase goes)."""
+        return cls("status", status, echo_credentials=True)
 
     @classmethod
     def close(cls, *, tunnel: bool = False) -> Behavior:
@@ -454,9 +464,10 @@ def _response(
     extra: tuple[tuple[str, str], ...] = (),
     head: bool = False,
     close: bool = False,
+    reason: str | None = None,
 ) -> bytes:
     lines = [
-        f"HTTP/1.1 {status} {_reason(status)}",
+        f"HTTP/1.1 {status} {_reason(status) if reason is None else reason}",
         f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
     ]
@@ -464,6 +475,17 @@ def _response(
     lines.append("Connection: close" if close else "Connection: keep-alive")
     out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return out if head else out + body
+
+
+def _echoed(req: _Request) -> str:
+    """The request's credentials as an echoing gateway's reason phrase: the header value and
+    what it decodes to."""
+    value = (req.header("proxy-authorization") or "").strip()
+    try:
+        decoded = base64.b64decode(value.partition(" ")[2], validate=True).decode("latin-1")
+    except (binascii.Error, ValueError):
+        decoded = ""
+    return "".join(c for c in f"Bad credentials {value} ({decoded})" if " " <= c <= "~")
 
 
 def _username_pattern(template: str, user: str | None) -> re.Pattern[str]:
@@ -889,8 +911,17 @@ class Gateway:
             ctype = "text/plain; charset=utf-8"
             if behavior.body is not None:
                 body, ctype = behavior.body.encode("utf-8"), "text/html; charset=utf-8"
+            reason = _echoed(req) if behavior.echo_credentials else None
             conn.sock.sendall(
-                _response(status, body, content_type=ctype, extra=extra, head=head, close=close)
+                _response(
+                    status,
+                    body,
+                    content_type=ctype,
+                    extra=extra,
+                    head=head,
+                    close=close,
+                    reason=reason,
+                )
             )
             return not close
         status, body, ctype = _origin_page(session, url)

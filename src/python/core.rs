@@ -236,6 +236,12 @@ impl Core {
         }
     }
 
+    /// `text` without the credentials (see `redact.rs`): for text from elsewhere that we log
+    /// or raise (a reason phrase, an exception's message).
+    fn redact(&self, text: &str) -> String {
+        self.engine.config().redactor.redact(text).into_owned()
+    }
+
     // Shows the user, never the password.
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let (live, cooling) = self.engine.counts();
@@ -279,4 +285,10 @@ impl Core {
 pub fn attempt_of(token: &Bound<'_, PyAny>) -> PyResult<(u64, u32, Option<String>)> {
     let attempt = crate::python::attempt::attempt_of(token)?;
     Ok((attempt.number, attempt.retry_times, attempt.host))
+}
+
+/// `HEX_PROXY_GATEWAY` as `(scheme, host, port)`; `ValueError` naming the setting.
+#[pyfunction]
+pub fn parse_gateway(url: &str) -> PyResult<(String, String, u16)> {
+    Ok(crate::provider::parse_gateway_url(url).map_err(Error::from)?)
 }

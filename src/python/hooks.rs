@@ -8,6 +8,8 @@
 //! there, not here, the garbage collector sees the references (the runtime refers back to the
 //! crawler, which refers to the middlewares).
 
+use std::borrow::Cow;
+
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyString, PyTuple};
@@ -477,7 +479,7 @@ impl ProxyHooks {
         )?;
         match settlement.policy_error {
             Some(error) => Err(error),
-            None => Ok(()),
+            None => hand_on(state, exception),
         }
     }
 
@@ -559,7 +561,14 @@ impl RetryHooks {
         if let Some(error) = settlement.policy_error {
             return Err(error);
         }
-        let retry = retry(slf.as_any(), request, &settlement, None, Some(&response))?;
+        let retry = retry(
+            slf.as_any(),
+            state,
+            request,
+            &settlement,
+            None,
+            Some(&response),
+        )?;
         Ok(retry.unwrap_or(response))
     }
 
@@ -587,14 +596,68 @@ impl RetryHooks {
         if let Some(error) = settlement.policy_error {
             return Err(error);
         }
-        retry(slf.as_any(), request, &settlement, Some(exception), None)
+        match retry(
+            slf.as_any(),
+            state,
+            request,
+            &settlement,
+            Some(exception),
+            None,
+        )? {
+            None => hand_on(state, exception).map(|()| None),
+            retry => Ok(retry),
+        }
     }
+}
+
+/// The exception goes on to the next middleware and the errback as it is, unless its message
+/// quotes the credentials (an echoing gateway's reason phrase in a `TunnelError`): then a copy
+/// of the same class with the message redacted is raised in its place (a plain `Exception` if
+/// the class cannot be made to say it).
+fn hand_on(state: &HookState, exception: &Bound<'_, PyAny>) -> PyResult<()> {
+    let text = exception.str()?;
+    let text = text.to_cow()?;
+    let redactor = &state.core.get().engine().config().redactor;
+    let Cow::Owned(redacted) = redactor.redact(&text) else {
+        return Ok(());
+    };
+    let py = exception.py();
+    let says = |copy: &Bound<'_, PyAny>| -> bool {
+        copy.str()
+            .is_ok_and(|shown| shown.to_cow().is_ok_and(|shown| shown == redacted))
+    };
+    let class = exception.get_type();
+    let made = class
+        .call1((redacted.as_str(),))
+        .ok()
+        .filter(|copy| says(copy));
+    let copy = match made {
+        Some(copy) => copy,
+        None => {
+            // Without its __init__ (another signature): the message as its only argument.
+            let bare = class.call_method1(intern!(py, "__new__"), (&class,));
+            match bare.ok().filter(|copy| {
+                copy.setattr(intern!(py, "args"), (redacted.as_str(),))
+                    .is_ok()
+                    && says(copy)
+            }) {
+                Some(copy) => copy,
+                None => pyo3::exceptions::PyException::new_err(redacted.clone())
+                    .into_value(py)
+                    .into_bound(py)
+                    .into_any(),
+            }
+        }
+    };
+    copy.setattr(intern!(py, "__suppress_context__"), true)?;
+    Err(PyErr::from_value(copy))
 }
 
 /// Acts on the retry decision: `_retry` builds the copy (or logs that the request is out of
 /// retries); `None` hands the response or exception on.
 fn retry<'py>(
     owner: &Bound<'py, PyAny>,
+    state: &HookState,
     request: &Bound<'py, PyAny>,
     settlement: &Settlement<'_, PyErr>,
     exception: Option<&Bound<'py, PyAny>>,
@@ -608,7 +671,10 @@ fn retry<'py>(
         (Why::Status(status), _) => status.to_string(),
         (Why::Ban(Some(status)), None) => format!("ban ({status})"),
         (_, Some(exception)) => {
-            format!("{}: {}", exception.get_type().name()?, exception.str()?)
+            let text = format!("{}: {}", exception.get_type().name()?, exception.str()?);
+            // An echoing gateway's reason phrase may quote the credentials.
+            let redactor = &state.core.get().engine().config().redactor;
+            redactor.redact(&text).into_owned()
         }
         (Why::Ban(None) | Why::Transport(_), None) => "ban".to_owned(),
     };

@@ -86,7 +86,7 @@ impl PySetting {
     fn check(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
         let checked = match self.0.kind {
             Kind::Int { .. } => self.0.check_int(value.extract()?).map(drop),
-            Kind::Seconds => self.0.check_seconds(value.extract()?).map(drop),
+            Kind::Seconds { .. } => self.0.check_seconds(value.extract()?).map(drop),
             Kind::Choice(_) => self.0.check_choice(&value.extract::<String>()?).map(drop),
             _ => Ok(()),
         };
