@@ -596,8 +596,10 @@ def test_promise_11_a_tunnel_error_quoting_the_credentials_is_redacted(hook_craw
     assert proxy.process_request(again) is None
     secrets += _secret_forms(_user_of(again))
     # Out of retries: the exception handed on is a TunnelError whose message holds no secret.
+    # (Made before the attempt settles: settling takes the credentials off the request.)
+    echoed = _echoed_tunnel_error(again)
     with pytest.raises(TunnelError) as info:
-        retry.process_exception(again, _echoed_tunnel_error(again))
+        retry.process_exception(again, echoed)
     shown = str(info.value)
     assert "Could not open CONNECT tunnel" in shown and "407" in shown and "***" in shown
     for secret in secrets:
@@ -608,7 +610,7 @@ def test_promise_11_a_tunnel_error_quoting_the_credentials_is_redacted(hook_craw
         assert not any(secret in message for secret in secrets), message
     # HexProxy alone (no retry middleware) hands on the same redacted copy.
     with pytest.raises(TunnelError) as info:
-        proxy.process_exception(again, _echoed_tunnel_error(again))
+        proxy.process_exception(again, echoed)
     assert not any(secret in str(info.value) for secret in secrets)
     # An exception that holds no secret goes on as it is.
     plain = TunnelError("Could not open CONNECT tunnel [{'status': 407, 'reason': b'No'}]")
