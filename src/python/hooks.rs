@@ -225,10 +225,15 @@ impl HookState {
         request: &Bound<'_, PyAny>,
         meta: &Bound<'_, PyDict>,
     ) -> PyResult<()> {
-        let py = request.py();
-        if !meta.contains(intern!(py, SESSION))? {
+        if !meta.contains(intern!(request.py(), SESSION))? {
             return Ok(());
         }
+        self.take_header(request, meta)
+    }
+
+    /// `forget_credentials` for a request known to have gone through us.
+    fn take_header(&self, request: &Bound<'_, PyAny>, meta: &Bound<'_, PyDict>) -> PyResult<()> {
+        let py = request.py();
         let Some(headers) = self.scrapy.existing_headers(request)? else {
             return Ok(());
         };
@@ -236,7 +241,7 @@ impl HookState {
         if !headers.contains(name)? {
             return Ok(());
         }
-        headers.remove(name)?;
+        headers.delete(name)?;
         if let Some(key) = self.scrapy.auth_proxy_key(py) {
             if meta.contains(key)? {
                 meta.del_item(key)?;
@@ -269,7 +274,11 @@ impl HookState {
         role: Role,
         judge: (&'static str, &Bound<'_, PyAny>),
     ) -> PyResult<Settlement<'a, PyErr>> {
-        self.forget_credentials(request, meta)?;
+        // The call that settles the attempt takes its credentials off; a later one finds the
+        // token, and the header, gone.
+        if meta.contains(intern!(owner.py(), ATTEMPT))? {
+            self.take_header(request, meta)?;
+        }
         let ledger = Ledger::new(self.core.get().engine());
         let mut record = MetaRecord { meta };
         let (method, arg) = judge;

@@ -300,11 +300,7 @@ impl Scrapy {
             }
             None => request.getattr(intern!(py, "headers"))?,
         };
-        Ok(if self.headers_are_dicts {
-            Headers::Dict(object.cast_into::<PyDict>()?)
-        } else {
-            Headers::Public(object)
-        })
+        self.wrap(object)
     }
 
     /// The request's headers if it has any yet (on the slot path an unused request has
@@ -313,12 +309,25 @@ impl Scrapy {
         &self,
         request: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Headers<'py>>> {
-        if let Some(slots) = &self.request {
-            if slots.headers.get(request)?.is_none() {
-                return Ok(None);
+        let object = match &self.request {
+            Some(slots) => {
+                let current = slots.headers.get(request)?;
+                if current.is_none() {
+                    return Ok(None);
+                }
+                current
             }
-        }
-        self.headers(request).map(Some)
+            None => request.getattr(intern!(request.py(), "headers"))?,
+        };
+        self.wrap(object).map(Some)
+    }
+
+    fn wrap<'py>(&self, headers: Bound<'py, PyAny>) -> PyResult<Headers<'py>> {
+        Ok(if self.headers_are_dicts {
+            Headers::Dict(headers.cast_into::<PyDict>()?)
+        } else {
+            Headers::Public(headers)
+        })
     }
 
     /// Statuses beyond u16 are in no status set: they count as what they are, successes.
@@ -429,11 +438,16 @@ impl<'py> Headers<'py> {
 
     pub fn remove(&self, name: &Bound<'py, PyBytes>) -> PyResult<()> {
         if self.contains(name)? {
-            match self {
-                Self::Dict(dict) => dict.del_item(name)?,
-                Self::Public(headers) => headers.del_item(name)?,
-            }
+            self.delete(name)?;
         }
         Ok(())
+    }
+
+    /// Removes a header that is there.
+    pub fn delete(&self, name: &Bound<'py, PyBytes>) -> PyResult<()> {
+        match self {
+            Self::Dict(dict) => dict.del_item(name),
+            Self::Public(headers) => headers.del_item(name),
+        }
     }
 }
