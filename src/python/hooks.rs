@@ -533,7 +533,7 @@ impl RetryHooks {
 }
 
 /// Acts on the retry decision: `_retry` builds the copy (or logs that the request is out of
-/// retries); `None` hands the response or exception on.
+/// retries, and counts Scrapy's retry stats); `None` hands the response or exception on.
 fn retry<'py>(
     owner: &Bound<'py, PyAny>,
     request: &Bound<'py, PyAny>,
@@ -556,7 +556,7 @@ fn retry<'py>(
     let give_up = settlement.retry == Decision::GiveUp;
     let retry = owner.call_method1(
         intern!(py, "_retry"),
-        (request, give_up, reason, settlement.status, response),
+        (request, give_up, reason, settlement.status, response, exception),
     )?;
     Ok((!retry.is_none()).then_some(retry))
 }
