@@ -556,7 +556,14 @@ fn retry<'py>(
     let give_up = settlement.retry == Decision::GiveUp;
     let retry = owner.call_method1(
         intern!(py, "_retry"),
-        (request, give_up, reason, settlement.status, response, exception),
+        (
+            request,
+            give_up,
+            reason,
+            settlement.status,
+            response,
+            exception,
+        ),
     )?;
     Ok((!retry.is_none()).then_some(retry))
 }
