@@ -16,10 +16,10 @@ use crate::identity::{Identities, Numbering, OnBlacklist};
 use crate::pool::Pool;
 use crate::provider::Provider;
 use crate::retry::{Cause, Decision, RetryPolicy};
-use crate::runs::{host_key, Reason, Runs};
+use crate::runs::{host_key, Runs};
 use crate::scope::{BanScope, HostBans};
 use crate::session::SessionId;
-use crate::stats::Stats;
+use crate::stats::{Reason, Stats};
 
 /// Flag of `record_*`: this failure blacklisted the session.
 pub const BLACKLISTED: u32 = 1;
@@ -214,43 +214,49 @@ impl Engine {
     /// stats but blacklists nothing.
     pub fn record(&self, number: u64, host: Option<&str>, event: Event<'_>) -> Result<u32, Error> {
         let session = self.locate(number)?;
-        let failed = match event {
+        Ok(match event {
             Event::Status(status) => {
                 let failed = self.config.failure_codes.contains(status);
-                return Ok(self.count_response(session, host, status, failed));
+                self.count_response(number, session, host, status, failed)
             }
             Event::Judged { status, ban } => {
-                return Ok(self.count_response(session, host, status, ban));
+                self.count_response(number, session, host, status, ban)
             }
             Event::Success => {
                 self.success(session, host);
                 self.auth.accepted(session.0);
-                return Ok(0);
+                0
             }
-            Event::Exception(reason) => {
-                self.stats.exception_failure(reason);
-                self.failure(session, host, Reason::Exception(reason))
-            }
-            Event::Ban => {
-                self.stats.ban();
-                self.failure(session, host, Reason::Ban)
-            }
+            Event::Exception(name) => self.fail(number, session, host, Reason::Exception(name)),
+            Event::Ban => self.fail(number, session, host, Reason::Ban),
             Event::Refusal(status) => {
                 let reason = if (100..=599).contains(&status) {
-                    self.stats.status_failure(status);
                     Reason::Status(status)
                 } else {
-                    self.stats.exception_failure("TunnelError");
                     Reason::Exception("TunnelError")
                 };
-                let flags = self.failure(session, host, reason);
+                let flags = self.fail(number, session, host, reason);
                 if status == 407 {
-                    return Ok(flags | FAILED | self.auth.rejected(session.0));
+                    flags | self.auth.rejected(session.0)
+                } else {
+                    flags
                 }
-                flags
             }
-        };
-        Ok(failed | FAILED)
+        })
+    }
+
+    /// A failure of session `number`: against the session (which it may blacklist), and in
+    /// the stats under `reason`. Returns the flags, `FAILED` among them.
+    fn fail(
+        &self,
+        number: u64,
+        session: (u32, u32),
+        host: Option<&str>,
+        reason: Reason<'_>,
+    ) -> u32 {
+        let flags = self.failure(session, host, reason);
+        self.stats.failure(number, reason, flags & BLACKLISTED != 0);
+        flags | FAILED
     }
 
     /// A response: `failed` (a failure code, or a ban policy's ban) is a failure of the
@@ -259,6 +265,7 @@ impl Engine {
     /// whatever the verdict: the policy judges the session, not the password.
     fn count_response(
         &self,
+        number: u64,
         session: (u32, u32),
         host: Option<&str>,
         status: u16,
@@ -266,13 +273,11 @@ impl Engine {
     ) -> u32 {
         let mut flags = if failed {
             let reason = if self.config.failure_codes.contains(status) {
-                self.stats.status_failure(status);
                 Reason::Status(status)
             } else {
-                self.stats.ban();
                 Reason::Ban
             };
-            self.failure(session, host, reason) | FAILED
+            self.fail(number, session, host, reason)
         } else {
             self.success(session, host);
             0

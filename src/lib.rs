@@ -19,6 +19,7 @@ pub mod session;
 pub mod settings;
 pub mod slot_tree;
 pub mod stats;
+pub mod worst;
 
 #[cfg(feature = "python")]
 mod python;

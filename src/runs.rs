@@ -14,14 +14,7 @@ pub const MAX_OPEN: usize = 100_000;
 /// Distinct exception names kept at most; others read as "other".
 const MAX_NAMES: usize = 256;
 
-/// Why one attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason<'a> {
-    Status(u16),
-    Exception(&'a str),
-    /// A ban policy's ban with no failure status.
-    Ban,
-}
+pub use crate::stats::Reason;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kept {

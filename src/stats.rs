@@ -6,9 +6,22 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::worst::WorstSessions;
+
 /// Statuses a failure can carry: the config only accepts 100..=599.
 const FIRST_STATUS: u16 = 100;
 const STATUSES: usize = 500;
+
+/// What a session failure is counted under: `hex_proxy/failure/<reason>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason<'a> {
+    /// A status, in 100..=599 (the config only accepts those as failure codes).
+    Status(u16),
+    /// A transport exception's class name (or `unobserved`).
+    Exception(&'a str),
+    /// A ban only a ban policy saw.
+    Ban,
+}
 
 #[derive(Debug)]
 pub struct Stats {
@@ -29,6 +42,8 @@ pub struct Stats {
     retry_wait_ms_max: AtomicU64,
     retries_dropped: AtomicU64,
     rotated: AtomicU64,
+    /// The sessions that failed most (bounded), fed by failures only.
+    worst: Mutex<WorstSessions>,
 }
 
 impl Default for Stats {
@@ -46,28 +61,31 @@ impl Default for Stats {
             retry_wait_ms_max: AtomicU64::new(0),
             retries_dropped: AtomicU64::new(0),
             rotated: AtomicU64::new(0),
+            worst: Mutex::default(),
         }
     }
 }
 
 impl Stats {
-    /// `status` must be in 100..=599.
-    pub fn status_failure(&self, status: u16) {
-        bump(&self.status_failures[usize::from(status - FIRST_STATUS)]);
-    }
-
-    pub fn exception_failure(&self, reason: &str) {
-        let mut failures = self.exception_failures.lock();
-        match failures.get_mut(reason) {
-            Some(count) => *count += 1,
-            None => {
-                failures.insert(reason.to_owned(), 1);
+    /// A failure of session `number` (as `Engine::pick` returns it), which `blacklisted` it:
+    /// under its reason, and against the session among the worst.
+    pub fn failure(&self, number: u64, reason: Reason<'_>, blacklisted: bool) {
+        match reason {
+            Reason::Status(status) => {
+                bump(&self.status_failures[usize::from(status - FIRST_STATUS)]);
             }
+            Reason::Exception(name) => {
+                let mut failures = self.exception_failures.lock();
+                match failures.get_mut(name) {
+                    Some(count) => *count += 1,
+                    None => {
+                        failures.insert(name.to_owned(), 1);
+                    }
+                }
+            }
+            Reason::Ban => bump(&self.bans),
         }
-    }
-
-    pub fn ban(&self) {
-        bump(&self.bans);
+        self.worst.lock().failure(number, reason, blacklisted);
     }
 
     pub fn blacklisted(&self) {
@@ -104,7 +122,8 @@ impl Stats {
         bump(&self.rotated);
     }
 
-    /// Every nonzero counter plus the two session gauges, sorted by key.
+    /// Every nonzero counter, the worst sessions' figures and the two session gauges, sorted
+    /// by key.
     pub fn snapshot(&self, live: u32, cooling: u32) -> Vec<(String, u64)> {
         let by_status = (FIRST_STATUS..)
             .zip(&self.status_failures)
@@ -134,9 +153,11 @@ impl Stats {
         .map(|(name, count)| (format!("hex_proxy/{name}"), load(count)));
         let gauges = [("live", live), ("cooling", cooling)]
             .map(|(name, count)| (format!("hex_proxy/sessions/{name}"), u64::from(count)));
+        let worst = self.worst.lock().snapshot();
         let mut out: Vec<(String, u64)> = failures
             .chain(counters)
             .filter(|&(_, count)| count > 0)
+            .chain(worst)
             .chain(gauges)
             .collect();
         out.sort_unstable();
@@ -175,12 +196,12 @@ mod tests {
     #[test]
     fn counters_appear_under_their_keys() {
         let stats = Stats::default();
-        stats.status_failure(429);
-        stats.status_failure(429);
-        stats.status_failure(100);
-        stats.status_failure(599);
-        stats.exception_failure("TunnelError");
-        stats.ban();
+        stats.failure(1, Reason::Status(429), false);
+        stats.failure(1, Reason::Status(429), false);
+        stats.failure(1, Reason::Status(100), false);
+        stats.failure(1, Reason::Status(599), false);
+        stats.failure(1, Reason::Exception("TunnelError"), false);
+        stats.failure(2, Reason::Ban, true);
         stats.blacklisted();
         stats.retry();
         stats.retry();
@@ -208,12 +229,21 @@ mod tests {
                 "hex_proxy/retry/wait_ms_max",
                 "hex_proxy/retry/wait_ms_total",
                 "hex_proxy/rotated",
+                "hex_proxy/session/s001/failure/100",
+                "hex_proxy/session/s001/failure/429",
+                "hex_proxy/session/s001/failure/599",
+                "hex_proxy/session/s001/failure/TunnelError",
+                "hex_proxy/session/s001/failures",
+                "hex_proxy/session/s002/blacklisted",
+                "hex_proxy/session/s002/failure/ban",
+                "hex_proxy/session/s002/failures",
                 "hex_proxy/sessions/cooling",
                 "hex_proxy/sessions/live",
             ]
         );
         let get = |key: &str| snapshot.iter().find(|(k, _)| k == key).unwrap().1;
         assert_eq!(get("hex_proxy/failure/429"), 2);
+        assert_eq!(get("hex_proxy/session/s001/failures"), 5);
         assert_eq!(get("hex_proxy/retry"), 2);
         assert_eq!(get("hex_proxy/sessions/cooling"), 2);
         assert_eq!(get("hex_proxy/retry/delayed"), 2);

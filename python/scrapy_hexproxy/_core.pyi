@@ -427,8 +427,9 @@ class ProxyHooks:
 class RetryHooks:
     """The per-response and per-exception hooks of ``SmartRetryMiddleware``, which subclasses
     this and provides ``self._runtime`` and ``_retry(request, give_up, reason, status,
-    response) -> Request | None``, called when the ledger decided a retry (or that the request
-    is out of retries, ``give_up``)."""
+    response, exception) -> Request | None``, called when the ledger decided a retry (or that
+    the request is out of retries, ``give_up``); ``response`` or ``exception`` is what the
+    attempt ended with."""
 
     def __new__(cls, runtime: _Runtime, *args: Any, **kwargs: Any) -> Self: ...
     def process_response(

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
+from scrapy.utils.python import global_object_name
+from scrapy.utils.response import response_status_message
 
 from . import _core
 from ._runtime import Runtime, _listing
-from ._scrapy import component_priorities
+from ._scrapy import component_priorities, late
 from ._settings import HexProxyConfigError, is_enabled
 
 if TYPE_CHECKING:
@@ -110,12 +112,16 @@ class SmartRetryMiddleware(_core.RetryHooks):
         reason: str,
         status: int | None,
         response: Response | None,
+        exception: BaseException | None,
     ) -> Request | None:
         """The core decided to retry ``request`` (or that it is out of retries, ``give_up``):
-        the copy to schedule, or None. ``status``: what the decision went by, for pacing."""
+        the copy to schedule, or None. ``status``: the status the decision went by (for pacing
+        and the stats), None for an exception or a ban outside the retry codes; ``response``
+        or ``exception``: what the attempt ended with."""
         meta = request.meta
         retry_times = meta.get("retry_times", 0)
         session = meta.get(_core.SESSION_KEY)
+        _count_as_scrapy(self._runtime, give_up, status, exception)
         if give_up:
             logger.error(
                 "Gave up retrying %(request)s (failed %(times)d times, last on session"
@@ -145,6 +151,45 @@ class SmartRetryMiddleware(_core.RetryHooks):
             },
         )
         return retry
+
+
+#: The reason Scrapy's retry stats give a retry that only a ban policy asked for: a response
+#: whose status is no retry code (a captcha 200, a 404), which Scrapy's RetryMiddleware would
+#: not have retried at all. The same word as ``hex_proxy/failure/ban``.
+BAN_REASON = "ban"
+
+
+def _count_as_scrapy(
+    runtime: Runtime, give_up: bool, status: int | None, exception: BaseException | None
+) -> None:
+    """Scrapy's own retry stats, as its ``get_retry_request`` writes them (2.11.2 ... 2.19):
+    ``retry/count`` and ``retry/reason_count/<reason>`` per retry, ``retry/max_reached`` per
+    request out of retries, so that monitors written for Scrapy's RetryMiddleware (Spidermon's
+    RetryCountMonitor, dashboards) read them. The reason is Scrapy's: the status's
+    ``response_status_message`` ("503 Service Unavailable"), an exception's
+    ``global_object_name`` ("twisted.internet.error.TimeoutError"), or ``BAN_REASON``.
+
+    Counted here, in ``crawler.stats``, not in the core: the key is made by Scrapy's own
+    functions (Twisted's table of reason phrases, the exception's module path), so it is
+    Scrapy's on every version; and, like Scrapy's, each is added as it happens, so it adds up
+    with a spider's own ``get_retry_request`` calls (the same ``retry/`` keys) and is there
+    for a monitor mid-crawl, where the core's counters are set at close. The decision, and
+    what it went by, is the core's (``hex_proxy/retry``, ``hex_proxy/retry/max_exceeded``);
+    this only names it."""
+    stats = late(runtime.crawler, "stats")
+    if stats is None:
+        return
+    if give_up:
+        stats.inc_value("retry/max_reached")
+        return
+    if exception is not None:
+        reason = global_object_name(exception.__class__)
+    elif status is not None:
+        reason = response_status_message(status)
+    else:
+        reason = BAN_REASON
+    stats.inc_value("retry/count")
+    stats.inc_value(f"retry/reason_count/{reason}")
 
 
 def _warn_about_the_list(runtime: Runtime) -> None:

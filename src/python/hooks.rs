@@ -663,7 +663,7 @@ fn hand_on(state: &HookState, exception: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 /// Acts on the retry decision: `_retry` builds the copy (or logs that the request is out of
-/// retries); `None` hands the response or exception on.
+/// retries, and counts Scrapy's retry stats); `None` hands the response or exception on.
 fn retry<'py>(
     owner: &Bound<'py, PyAny>,
     state: &HookState,
@@ -690,7 +690,14 @@ fn retry<'py>(
     let give_up = settlement.retry == Decision::GiveUp;
     let retry = owner.call_method1(
         intern!(py, "_retry"),
-        (request, give_up, reason, settlement.status, response),
+        (
+            request,
+            give_up,
+            reason,
+            settlement.status,
+            response,
+            exception,
+        ),
     )?;
     Ok((!retry.is_none()).then_some(retry))
 }
