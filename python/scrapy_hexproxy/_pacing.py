@@ -33,7 +33,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from . import _core
-from ._scrapy import engine_open
+from ._scrapy import engine_open, late
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -44,6 +44,11 @@ logger = logging.getLogger("scrapy_hexproxy")
 
 #: meta key of a paced retry: the core-clock time before which it must not be sent.
 NOT_BEFORE = _core.NOT_BEFORE_KEY
+
+#: meta key of a paced retry that a closing crawl put in JOBDIR's queue: the wall-clock time
+#: (epoch seconds) before which it must not be sent, as the core's clock of one run means
+#: nothing in the next. Read after the resume by ``Runtime.wait_until_due``.
+NOT_BEFORE_WALL = "_hex_not_before_wall"
 
 #: Statuses whose Retry-After header sets the wait (the two RFC 9110 gives it a meaning for
 #: that a retry can act on: 429 Too Many Requests and 503 Service Unavailable).
@@ -95,6 +100,11 @@ class Pacer:
         self._sleepers: list[tuple[float, Deferred[None]]] = []
         self._timer: Any = None
         self._timer_due = 0.0
+        #: Called when a retry is parked or a request sleeps (the runtime watches for a close).
+        self.on_hold: Callable[[], None] | None = None
+        #: Set when the spider began to close; ``_keep``: a JOBDIR takes what we hold.
+        self._closing = False
+        self._keep = False
         # Held weakly (the default), as Scrapy's own extensions do: the runtime keeps the pacer
         # as long as the crawler lives. Held strongly, they would keep the crawler alive in
         # pydispatcher's global table whenever its spider never closes (close() disconnects).
@@ -111,6 +121,11 @@ class Pacer:
     def parked(self) -> int:
         """How many retries wait outside the downloader for their backoff to end."""
         return len(self._parked)
+
+    @property
+    def holding(self) -> bool:
+        """Whether a retry is parked or a request sleeps in the downloader."""
+        return bool(self._parked or self._sleepers)
 
     def next_due(self) -> float | None:
         """The core-clock time the next parked retry is due; None if none is parked."""
@@ -136,13 +151,21 @@ class Pacer:
         due = meta.get(NOT_BEFORE)
         if due is None:
             return
-        if due <= self._core.now():
+        now = self._core.now()
+        if due <= now:
             # Due: on to the scheduler, unmarked (so a crawl resumed from JOBDIR, whose clock
             # starts again at zero, never sees a stale time).
             del meta[NOT_BEFORE]
+            meta.pop(NOT_BEFORE_WALL, None)
+            return
+        if self._closing and self._keep:
+            # Into JOBDIR's queue, with the time it is due on the wall clock for the resume.
+            meta[NOT_BEFORE_WALL] = time.time() + (due - now)
             return
         heapq.heappush(self._parked, (due, next(self._order), request))
         self._arm()
+        if self.on_hold is not None:
+            self.on_hold()
         raise IgnoreRequest("scrapy-hexproxy: retry parked until its backoff ends")
 
     def _spider_idle(self, spider: Any = None) -> None:
@@ -178,7 +201,7 @@ class Pacer:
 
     async def sleep_until(self, due: float) -> None:
         """Wait, without blocking the reactor, until the core's clock reaches ``due``."""
-        while due > self._core.now():
+        while due > self._core.now() and not self._closing:
             waiter: Deferred[None] = Deferred(self._forget)
             self._sleepers.append((due, waiter))
             self._arm()
@@ -215,6 +238,27 @@ class Pacer:
         self._timer = None
 
     # -- close ----------------------------------------------------------------------------
+
+    def close_begun(self, keep: bool) -> None:
+        """The spider began to close: requests sleeping in the downloader wake (and give up);
+        with ``keep`` (a JOBDIR) the parked retries go back to the engine, which puts them in
+        the scheduler's disk queue, still open at this point; without, they stay parked and
+        ``close`` counts them."""
+        self._closing = True
+        self._keep = keep
+        self._cancel_timer()
+        sleepers, self._sleepers = self._sleepers, []
+        for _, waiter in sleepers:
+            if not waiter.called:
+                waiter.callback(None)
+        if not keep:
+            return
+        engine = late(self._crawler, "engine")
+        if engine is None or getattr(engine, "spider", None) is None:
+            return  # the engine is done: nothing left to put them in (close counts them)
+        parked, self._parked = self._parked, []
+        for _, _, request in sorted(parked, key=lambda entry: entry[:2]):
+            engine.crawl(request)  # our handler marks it with its wall-clock time
 
     def close(self) -> int:
         """The spider closed: forget everything; returns how many parked retries were dropped."""
