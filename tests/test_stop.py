@@ -214,15 +214,28 @@ def test_promise_15_a_paused_jobdir_crawl_resumes_with_every_held_request_fetche
         assert [r for r in gateway.records if r.at >= sent] == []  # nothing sent after it
         assert _stats(out1)["hex_proxy/retry/dropped_at_close"] in (None, 0)
         assert _stats(out1)["hex_proxy/dropped_at_close"] in (None, 0)
-        # Run 2 on the same JOBDIR, the gateway healthy again.
+        # Run 2 on the same JOBDIR, the gateway healthy again; it notes each retry that comes
+        # with a wall-clock due time and when each page arrives.
         gateway.set_default_behavior(Behavior.normal())
-        proc = _start(tmp_path, "run2", config)
+        marks, times = tmp_path / "marks.jsonl", tmp_path / "times.txt"
+        wiring = {**settings["DOWNLOADER_MIDDLEWARES"], "held_crawl.WallMarks": 340}
+        run2 = {**settings, "DOWNLOADER_MIDDLEWARES": wiring, "HELD_MARKS": str(marks)}
+        proc = _start(tmp_path, "run2", {**config, "settings": run2, "times": str(times)})
         out2, err2 = proc.communicate(timeout=120)
         assert proc.returncode == 0, err2[-3000:]
     fetched = out.read_text().splitlines() if out.exists() else []
+    due = {}
+    for line in marks.read_text().splitlines() if marks.exists() else []:
+        mark = json.loads(line)
+        due.setdefault(mark["url"], mark["due"])
+    arrived = dict(line.split() for line in times.read_text().splitlines())
+    early = [url for url, at in due.items() if float(arrived[url]) < at]
     print(
         f"\npromise 15 (pause: {held}, exit {seconds:.2f} s): {len(fetched)} pages over both"
-        f" runs ({len(set(fetched))} distinct of {pages})"
+        f" runs ({len(set(fetched))} distinct of {pages}); {len(due)} retries resumed with a"
+        f" wall-clock due time, {len(early)} fetched before it"
     )
+    assert due  # parked retries went through the pause
+    assert early == []
     assert sorted(fetched) == sorted(f"http://site.test/page/{i}" for i in range(pages))
     assert _stats(out2)["finish_reason"] == "finished"
