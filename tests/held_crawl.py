@@ -5,9 +5,7 @@
 spider appends the URL of each 200 response to) and ``held`` (``{"waiting": W, "parked": P}``:
 once the runtime holds at least W requests waiting for a session and P parked retries, one line
 ``HELD waiting=... parked=...`` is printed, so the test knows when to send its signal).
-With ``marks`` (a file), ``WallMarks`` (a downloader middleware put before HexProxy) writes each
-request that arrives with a wall-clock due time from a paused run, and the spider writes each
-200 response's URL and time of arrival to ``times``.
+With ``times`` (a file), the spider also writes each 200 response's URL and time of arrival.
 CrawlerProcess installs Scrapy's own SIGINT handler: the first SIGINT closes the spider
 (``shutdown``), as a user's Ctrl-C does.
 """
@@ -21,26 +19,6 @@ from typing import Any
 
 import scrapy
 from scrapy.crawler import CrawlerProcess
-
-#: Pacing's meta key for a retry's wall-clock due time (written by a paused run).
-WALL_KEY = "_hex_not_before_wall"
-
-
-class WallMarks:
-    """Writes ``{"url", "due", "at"}`` for each request that comes with ``WALL_KEY``."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    @classmethod
-    def from_crawler(cls, crawler: Any) -> WallMarks:
-        return cls(crawler.settings["HELD_MARKS"])
-
-    def process_request(self, request: Any, spider: Any = None) -> None:
-        due = request.meta.get(WALL_KEY)
-        if due is not None:
-            with open(self.path, "a") as out:
-                out.write(json.dumps({"url": request.url, "due": due, "at": time.time()}) + "\n")
 
 
 class HeldSpider(scrapy.Spider):

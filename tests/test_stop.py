@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from scrapy_hexproxy._pacing import HELD_FILE, NOT_BEFORE_WALL
 from scrapy_hexproxy.testing import Behavior, Gateway
 
 from .conftest import FINGERPRINTER_SETTINGS, GUIDE_WIRING, urls, when_requests_wait
@@ -214,28 +216,59 @@ def test_promise_15_a_paused_jobdir_crawl_resumes_with_every_held_request_fetche
         assert [r for r in gateway.records if r.at >= sent] == []  # nothing sent after it
         assert _stats(out1)["hex_proxy/retry/dropped_at_close"] in (None, 0)
         assert _stats(out1)["hex_proxy/dropped_at_close"] in (None, 0)
-        # Run 2 on the same JOBDIR, the gateway healthy again; it notes each retry that comes
-        # with a wall-clock due time and when each page arrives.
+        # The parked retries, saved with their wall-clock due time.
+        due = {}
+        with open(os.path.join(jobdir, HELD_FILE), "rb") as held_file:
+            for record in pickle.load(held_file)["retries"]:
+                due[record["url"]] = record["meta"][NOT_BEFORE_WALL]
+        # Run 2 on the same JOBDIR, the gateway healthy again; it notes when each page arrives.
         gateway.set_default_behavior(Behavior.normal())
-        marks, times = tmp_path / "marks.jsonl", tmp_path / "times.txt"
-        wiring = {**settings["DOWNLOADER_MIDDLEWARES"], "held_crawl.WallMarks": 340}
-        run2 = {**settings, "DOWNLOADER_MIDDLEWARES": wiring, "HELD_MARKS": str(marks)}
-        proc = _start(tmp_path, "run2", {**config, "settings": run2, "times": str(times)})
+        times = tmp_path / "times.txt"
+        proc = _start(tmp_path, "run2", {**config, "times": str(times)})
         out2, err2 = proc.communicate(timeout=120)
         assert proc.returncode == 0, err2[-3000:]
     fetched = out.read_text().splitlines() if out.exists() else []
-    due = {}
-    for line in marks.read_text().splitlines() if marks.exists() else []:
-        mark = json.loads(line)
-        due.setdefault(mark["url"], mark["due"])
     arrived = dict(line.split() for line in times.read_text().splitlines())
     early = [url for url, at in due.items() if float(arrived[url]) < at]
     print(
         f"\npromise 15 (pause: {held}, exit {seconds:.2f} s): {len(fetched)} pages over both"
-        f" runs ({len(set(fetched))} distinct of {pages}); {len(due)} retries resumed with a"
+        f" runs ({len(set(fetched))} distinct of {pages}); {len(due)} retries saved with a"
         f" wall-clock due time, {len(early)} fetched before it"
     )
     assert due  # parked retries went through the pause
     assert early == []
     assert sorted(fetched) == sorted(f"http://site.test/page/{i}" for i in range(pages))
     assert _stats(out2)["finish_reason"] == "finished"
+
+
+def test_promise_15_retries_parked_in_an_idle_crawl_survive_a_pause(tmp_path: Path) -> None:
+    # Nothing in the downloader: the engine's close runs through to the scheduler's close
+    # within a few loop turns, faster than any watch of ours could see it begin.
+    pages = 3
+    out = tmp_path / "pages.txt"
+    with Gateway(password="secret", keep_alive=False) as gateway:
+        gateway.set_default_behavior(Behavior.answer(503))
+        settings = _settings(
+            gateway,
+            JOBDIR=str(tmp_path / "job"),
+            HEX_PROXY_SESSION_POOL_SIZE=3,
+            HEX_PROXY_MAX_FAILURES=10,
+            HEX_PROXY_RETRY_BACKOFF_BASE=0.75,  # the first retry waits up to 1.5 s
+            HEX_PROXY_RETRY_BACKOFF_MAX=1.5,
+            HEX_PROXY_SEED=3,
+        )
+        config = {"settings": settings, "pages": pages, "out": str(out)}
+        proc = _start(tmp_path, "run1", {**config, "held": {"waiting": 0, "parked": pages}})
+        held = _wait_held(proc)
+        sent, seconds, out1, err1 = _interrupt(proc)
+        assert _stats(out1)["hex_proxy/retry/dropped_at_close"] in (None, 0)
+        assert proc.returncode == 0, err1[-3000:]
+        assert [r for r in gateway.records if r.at >= sent] == []
+        gateway.set_default_behavior(Behavior.normal())
+        proc = _start(tmp_path, "run2", config)
+        out2, err2 = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err2[-3000:]
+        assert _stats(out2)["finish_reason"] == "finished"
+    fetched = out.read_text().splitlines() if out.exists() else []
+    print(f"\npromise 15 (idle pause: {held}, exit {seconds:.2f} s): {len(fetched)} pages")
+    assert sorted(fetched) == sorted(f"http://site.test/page/{i}" for i in range(pages))

@@ -10,7 +10,6 @@ ledger in the core (``src/ledger.rs``) keeps that rule and makes every decision,
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from scrapy import signals
@@ -21,7 +20,7 @@ from twisted.internet.defer import Deferred
 from . import _core, _scrapy
 from ._banpolicy import bad_verdict, build_ban_policy
 from ._logstats import PoolHealth, warn_without_timeout
-from ._pacing import NOT_BEFORE, NOT_BEFORE_WALL, Pacer
+from ._pacing import NOT_BEFORE, Pacer
 from ._scrapy import engine_open
 from ._settings import HexProxyConfigError, HexSettings, check_pool_size, read_settings
 
@@ -88,8 +87,8 @@ class Runtime:
         self._wake_call: Any = None
         #: Set once the spider began to close: nothing we hold is sent any more (promise 14).
         self.closing = False
-        #: With a JOBDIR what we hold at close goes back to the scheduler's disk queue.
-        self.keep_at_close = bool(crawler.settings.get("JOBDIR"))
+        #: With a JOBDIR what we hold at close is kept for the resume.
+        self.jobdir: str | None = crawler.settings.get("JOBDIR") or None
         self._close_poll: Any = None
         self._dropped_at_close = 0
         self.health = PoolHealth(
@@ -146,39 +145,27 @@ class Runtime:
         is returned, and the engine puts it back in the scheduler, whose disk queue keeps it for
         the resume (``dont_filter``: its fingerprint is already in ``requests.seen``); without,
         it is dropped and counted."""
-        if not self.keep_at_close:
+        if self.jobdir is None:
             self._dropped_at_close += 1
             raise IgnoreRequest("scrapy-hexproxy: the spider closed while it waited for a session")
         request.dont_filter = True
         return request
 
-    async def wait_until_due(self, request: Request, hooks: Any) -> Request | None:
+    async def wait_until_due(self, request: Request, hooks: Any) -> Any:
         """A paced retry that bypassed the scheduler (``engine.download()``) reached the
         downloader before its time: wait here, then give it a session as usual
-        (``hooks.process_request``, which may wait for one in turn).
-
-        A retry that a closing crawl put in JOBDIR's queue (``NOT_BEFORE_WALL``, the wall-clock
-        time it is due) comes here after the resume: if it is not due yet it is marked on this
-        run's clock and returned, so the engine schedules it and the pacer parks it again."""
-        meta = request.meta
-        due = meta.pop(NOT_BEFORE)
+        (``hooks.process_request``, which may wait for one in turn). If the spider closes
+        meanwhile it is dropped: ``engine.download()``'s caller waits for its answer."""
+        due = request.meta.pop(NOT_BEFORE)
         assert self.pacer is not None  # the core only calls this when pacing is on
-        wall = meta.pop(NOT_BEFORE_WALL, None)
-        if wall is not None:
-            left = float(wall) - time.time()
-            if left > 0:
-                meta[NOT_BEFORE] = self.core.now() + left
-                return request
-        else:
-            self._watch_close()
-            await self.pacer.sleep_until(due)
-            if self.closing:
-                # engine.download()'s caller waits for this one: nothing to keep it in.
-                self._dropped_at_close += 1
-                raise IgnoreRequest("scrapy-hexproxy: the spider closed during the backoff")
+        self._watch_close()
+        await self.pacer.sleep_until(due)
+        if self.closing:
+            self._dropped_at_close += 1
+            raise IgnoreRequest("scrapy-hexproxy: the spider closed during the backoff")
         waiting = hooks.process_request(request)
         if waiting is not None:
-            return await waiting  # type: ignore[no-any-return]
+            return await waiting
         return None
 
     def _forget(self, waiter: Deferred[None]) -> None:
@@ -235,7 +222,7 @@ class Runtime:
         self.closing = True
         self._stop_close_poll()
         if self.pacer is not None:
-            self.pacer.close_begun(self.keep_at_close)
+            self.pacer.close_begun()
         self.wake()
 
     def _schedule_wake(self, host: str | None = None) -> None:
@@ -356,6 +343,14 @@ class Runtime:
 
     def _spider_opened(self, spider: Any = None) -> None:
         self.health.start()
+        if self.pacer is not None and self.jobdir is not None:
+            restored = self.pacer.restore(self.jobdir)
+            if restored:
+                logger.info(
+                    "hex_proxy: %d paced retries saved by the paused crawl are back, each"
+                    " waiting what is left of its backoff",
+                    restored,
+                )
 
     def _spider_closed(self, spider: Any = None, reason: str = "") -> None:
         self.close_begun()  # a close we did not see begin (nothing was held then)
@@ -363,7 +358,14 @@ class Runtime:
             self._wake_call.cancel()
         retries = 0
         if self.pacer is not None:
-            retries = self.pacer.close()
+            retries, saved = self.pacer.close(self.jobdir)
+            if saved:
+                logger.info(
+                    "hex_proxy: the spider closed (%s) with %d retries waiting for their"
+                    " backoff; they are saved in JOBDIR for the resume",
+                    reason,
+                    saved,
+                )
             if retries:
                 # As Scrapy drops its scheduler's queue on close (without JOBDIR).
                 self.core.retries_dropped(retries)
