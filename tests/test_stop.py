@@ -99,6 +99,11 @@ def _interrupt(proc: subprocess.Popen[str]) -> tuple[float, float, str, str]:
     return sent, time.monotonic() - sent, out, err
 
 
+def _clean(err: str) -> bool:
+    """No error and no traceback in a crawl's log."""
+    return "Traceback" not in err and " ERROR: " not in err
+
+
 def _stats(out: str) -> dict[str, Any]:
     line = next(line for line in out.splitlines() if line.startswith("STATS "))
     return json.loads(line[len("STATS ") :])  # type: ignore[no-any-return]
@@ -134,6 +139,7 @@ def test_promise_14_one_sigint_releases_requests_waiting_for_a_session_at_once_n
         f" {len(after)} requests to the gateway after it"
     )
     assert proc.returncode == 0, err[-3000:]
+    assert _clean(err), err[-3000:]
     assert after == []
     assert seconds < EXIT_BOUND, err[-3000:]
     stats = _stats(out)
@@ -232,6 +238,7 @@ def test_promise_15_a_paused_jobdir_crawl_resumes_with_every_held_request_fetche
         held = _wait_held(proc)
         sent, seconds, out1, err1 = _interrupt(proc)
         assert proc.returncode == 0, err1[-3000:]
+        assert _clean(err1), err1[-3000:]
         assert [r for r in gateway.records if r.at >= sent] == []  # nothing sent after it
         assert _stats(out1)["hex_proxy/retry/dropped_at_close"] in (None, 0)
         assert _stats(out1)["hex_proxy/dropped_at_close"] in (None, 0)
@@ -246,6 +253,7 @@ def test_promise_15_a_paused_jobdir_crawl_resumes_with_every_held_request_fetche
         proc = _start(tmp_path, "run2", {**config, "times": str(times)})
         out2, err2 = proc.communicate(timeout=120)
         assert proc.returncode == 0, err2[-3000:]
+        assert _clean(err2), err2[-3000:]
     fetched = out.read_text().splitlines() if out.exists() else []
     arrived = dict(line.split() for line in times.read_text().splitlines())
     early = [url for url, at in due.items() if float(arrived[url]) < at]
@@ -285,6 +293,7 @@ def test_promise_15_retries_parked_in_an_idle_crawl_survive_a_pause(
         sent, seconds, out1, err1 = _interrupt(proc)
         assert _stats(out1)["hex_proxy/retry/dropped_at_close"] in (None, 0)
         assert proc.returncode == 0, err1[-3000:]
+        assert _clean(err1), err1[-3000:]
         assert [r for r in gateway.records if r.at >= sent] == []
         # Saved for the resume, and never with the credentials (promise 16).
         assert (tmp_path / "job" / HELD_FILE).exists()
@@ -293,6 +302,7 @@ def test_promise_15_retries_parked_in_an_idle_crawl_survive_a_pause(
         proc = _start(tmp_path, "run2", config)
         out2, err2 = proc.communicate(timeout=60)
         assert proc.returncode == 0, err2[-3000:]
+        assert _clean(err2), err2[-3000:]
         assert _stats(out2)["finish_reason"] == "finished"
     fetched = out.read_text().splitlines() if out.exists() else []
     print(f"\npromise 15 (idle pause: {held}, exit {seconds:.2f} s): {len(fetched)} pages")
