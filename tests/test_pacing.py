@@ -84,7 +84,7 @@ def test_pacing_on_connects_its_two_signal_handlers_and_they_stay_alive(hook_cra
         "_spider_idle",
     ]
     assert all(r.__self__ is pacer for r in _our_receivers(crawler))
-    assert pacer.close() == 0
+    assert pacer.close() == (0, 0)  # (dropped, saved)
     assert _our_receivers(crawler) == []  # disconnected when the spider closes
 
 

@@ -13,6 +13,10 @@ A request that bypasses the scheduler (``engine.download()``) reaches
 ``HexProxyMiddleware.process_request`` still marked; that waits in the downloader instead
 (``Runtime.wait_until_due``), the only place left.
 
+When the spider closes, requests sleeping in the downloader give up at once; parked retries
+are dropped and counted, or, with a JOBDIR, saved there (``HELD_FILE``, with their wall-clock
+due time) and put back in the engine when the next run on it opens (``restore``).
+
 The pacer exists only when pacing is on (HEX_PROXY_RETRY_BACKOFF_BASE > 0), so a crawl without
 it runs no handler of ours per scheduled request.
 """
@@ -22,6 +26,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
+import pickle
 import re
 import time
 from http import cookiejar
@@ -30,10 +36,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider, IgnoreRequest
 from scrapy.utils.defer import maybe_deferred_to_future
+from scrapy.utils.request import request_from_dict
 from twisted.internet.defer import Deferred
 
 from . import _core
-from ._scrapy import engine_open
+from ._scrapy import engine_open, late
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -44,6 +51,13 @@ logger = logging.getLogger("scrapy_hexproxy")
 
 #: meta key of a paced retry: the core-clock time before which it must not be sent.
 NOT_BEFORE = _core.NOT_BEFORE_KEY
+
+#: meta key of a paced retry saved in JOBDIR at close: the wall-clock time (epoch seconds)
+#: before which it must not be sent, as the core's clock of one run means nothing in the next.
+NOT_BEFORE_WALL = "_hex_not_before_wall"
+
+#: The file in JOBDIR that keeps the parked retries of a paused crawl until the next start.
+HELD_FILE = "hexproxy-held.retries"
 
 #: Statuses whose Retry-After header sets the wait (the two RFC 9110 gives it a meaning for
 #: that a retry can act on: 429 Too Many Requests and 503 Service Unavailable).
@@ -95,6 +109,10 @@ class Pacer:
         self._sleepers: list[tuple[float, Deferred[None]]] = []
         self._timer: Any = None
         self._timer_due = 0.0
+        #: Called when a retry is parked or a request sleeps (the runtime watches for a close).
+        self.on_hold: Callable[[], None] | None = None
+        #: Set when the spider began to close: requests sleeping in the downloader give up.
+        self._closing = False
         # Held weakly (the default), as Scrapy's own extensions do: the runtime keeps the pacer
         # as long as the crawler lives. Held strongly, they would keep the crawler alive in
         # pydispatcher's global table whenever its spider never closes (close() disconnects).
@@ -111,6 +129,11 @@ class Pacer:
     def parked(self) -> int:
         """How many retries wait outside the downloader for their backoff to end."""
         return len(self._parked)
+
+    @property
+    def holding(self) -> bool:
+        """Whether a retry is parked or a request sleeps in the downloader."""
+        return bool(self._parked or self._sleepers)
 
     def next_due(self) -> float | None:
         """The core-clock time the next parked retry is due; None if none is parked."""
@@ -136,13 +159,16 @@ class Pacer:
         due = meta.get(NOT_BEFORE)
         if due is None:
             return
-        if due <= self._core.now():
+        now = self._core.now()
+        if due <= now:
             # Due: on to the scheduler, unmarked (so a crawl resumed from JOBDIR, whose clock
             # starts again at zero, never sees a stale time).
             del meta[NOT_BEFORE]
             return
         heapq.heappush(self._parked, (due, next(self._order), request))
         self._arm()
+        if self.on_hold is not None:
+            self.on_hold()
         raise IgnoreRequest("scrapy-hexproxy: retry parked until its backoff ends")
 
     def _spider_idle(self, spider: Any = None) -> None:
@@ -178,7 +204,7 @@ class Pacer:
 
     async def sleep_until(self, due: float) -> None:
         """Wait, without blocking the reactor, until the core's clock reaches ``due``."""
-        while due > self._core.now():
+        while due > self._core.now() and not self._closing:
             waiter: Deferred[None] = Deferred(self._forget)
             self._sleepers.append((due, waiter))
             self._arm()
@@ -216,14 +242,66 @@ class Pacer:
 
     # -- close ----------------------------------------------------------------------------
 
-    def close(self) -> int:
-        """The spider closed: forget everything; returns how many parked retries were dropped."""
+    def close_begun(self) -> None:
+        """The spider began to close: requests sleeping in the downloader wake (and give up);
+        parked retries stay parked until ``close``."""
+        self._closing = True
         self._cancel_timer()
-        dropped = len(self._parked)
-        self._parked.clear()
         sleepers, self._sleepers = self._sleepers, []
         for _, waiter in sleepers:
-            waiter.cancel()
+            if not waiter.called:
+                waiter.callback(None)
+
+    def close(self, jobdir: str | None = None) -> tuple[int, int]:
+        """The spider closed: forget everything. With ``jobdir`` the parked retries are saved
+        there for the next start (``restore``). Returns (retries dropped, retries saved).
+
+        A file of ours rather than the scheduler's queue: when the downloader is idle the
+        engine closes the scheduler a few loop turns after the close begins, before any watch
+        of ours could see it, while ``spider_closed`` always comes."""
+        self._cancel_timer()
+        parked = [request for _, _, request in sorted(self._parked, key=lambda e: e[:2])]
+        self._parked.clear()
+        self.close_begun()
         for receiver, signal in self._receivers():
             self._crawler.signals.disconnect(receiver, signal=signal)
-        return dropped
+        if not parked:
+            return 0, 0
+        if jobdir is None:
+            return len(parked), 0
+        now, wall = self._core.now(), time.time()
+        spider = late(self._crawler, "spider")
+        saved = []
+        for request in parked:
+            meta = request.meta
+            meta[NOT_BEFORE_WALL] = wall + max(0.0, meta.pop(NOT_BEFORE, now) - now)
+            record = request.to_dict(spider=spider)
+            record["headers"] = {  # never the credentials (promise 16)
+                k: v for k, v in record["headers"].items() if k.lower() != b"proxy-authorization"
+            }
+            saved.append(record)
+        path = os.path.join(jobdir, HELD_FILE)
+        with open(path + ".tmp", "wb") as out:
+            pickle.dump({"version": 1, "retries": saved}, out, protocol=4)
+        os.replace(path + ".tmp", path)
+        return 0, len(saved)
+
+    def restore(self, jobdir: str) -> int:
+        """The spider opened on a JOBDIR: the retries a paused run saved go back to the engine,
+        marked on this run's clock with what is left of their wait (so they park again, or go
+        at once). Returns how many."""
+        path = os.path.join(jobdir, HELD_FILE)
+        if not os.path.exists(path):
+            return 0
+        with open(path, "rb") as held:
+            saved = pickle.load(held)["retries"]
+        os.remove(path)
+        engine, spider = late(self._crawler, "engine"), late(self._crawler, "spider")
+        wall = time.time()
+        for record in saved:
+            request = request_from_dict(record, spider=spider)
+            left = float(request.meta.pop(NOT_BEFORE_WALL, wall)) - wall
+            if left > 0:
+                request.meta[NOT_BEFORE] = self._core.now() + left
+            engine.crawl(request)
+        return len(saved)

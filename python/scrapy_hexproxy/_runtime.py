@@ -21,6 +21,7 @@ from . import _core, _scrapy
 from ._banpolicy import bad_verdict, build_ban_policy
 from ._logstats import PoolHealth, warn_without_timeout
 from ._pacing import NOT_BEFORE, Pacer
+from ._scrapy import engine_open
 from ._settings import (
     HexProxyConfigError,
     HexSettings,
@@ -36,6 +37,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger("scrapy_hexproxy")
 
 AUTH_FAILED_REASON = "hex_proxy_auth_failed"
+
+#: Stat: requests waiting for a session (or, fetched with ``engine.download()``, for their
+#: backoff) when the spider closed without a JOBDIR: released unsent.
+DROPPED_AT_CLOSE = "hex_proxy/dropped_at_close"
+
+#: How often, while we hold a request, we look whether the engine began to close the spider.
+#: Scrapy sends no signal when a close begins (``spider_closed`` comes after the downloader's
+#: requests are done, and ours would wait for a cooldown), so the slot's ``closing`` is polled.
+CLOSE_POLL = 0.1
 
 
 class Runtime:
@@ -82,6 +92,12 @@ class Runtime:
             self.exception_is_ban = self.ban_policy.exception_is_ban
         self._waiters: list[Deferred[None]] = []
         self._wake_call: Any = None
+        #: Set once the spider began to close: nothing we hold is sent any more (promise 14).
+        self.closing = False
+        #: With a JOBDIR what we hold at close is kept for the resume.
+        self.jobdir: str | None = crawler.settings.get("JOBDIR") or None
+        self._close_poll: Any = None
+        self._dropped_at_close = 0
         self.health = PoolHealth(
             self.core,
             settings.logstats_interval,
@@ -94,6 +110,7 @@ class Runtime:
         self.pacer: Pacer | None = None
         if self.core.paced:
             self.pacer = Pacer(crawler, self.core, settings.core_kwargs["manual_clock"])
+            self.pacer.on_hold = self._watch_close
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
         #: The state both hook classes share (made last: it reads the attributes above).
         self.hooks = _core.HookState(self)
@@ -112,31 +129,51 @@ class Runtime:
 
     async def wait_and_assign(
         self, request: Request, try_assign: Callable[[Request], bool], host: str | None = None
-    ) -> None:
+    ) -> Request | None:
         """Every session is cooling (for ``host``, the target host in ban scope "domain"): wait
         for one to come back, without blocking the reactor, and send the request through it
         (``try_assign``, the hooks': a pick and an assignment). Requests to other hosts go on
-        meanwhile."""
+        meanwhile. Once the spider closes it is released unsent (``_released``)."""
         while True:
+            if self.closing:
+                return self._released(request)
             # Try before parking too: a session may have come back since process_request.
             self.check_credentials()
             if try_assign(request):
-                return
+                return None
             waiter: Deferred[None] = Deferred(self._forget)
             self._waiters.append(waiter)
             self._schedule_wake(host)
+            self._watch_close()
             await maybe_deferred_to_future(waiter)
 
-    async def wait_until_due(self, request: Request, hooks: Any) -> None:
+    def _released(self, request: Request) -> Request:
+        """The spider is closing: a request waiting for a session is not sent. With a JOBDIR it
+        is returned, and the engine puts it back in the scheduler, whose disk queue keeps it for
+        the resume (``dont_filter``: its fingerprint is already in ``requests.seen``); without,
+        it is dropped and counted."""
+        if self.jobdir is None:
+            self._dropped_at_close += 1
+            raise IgnoreRequest("scrapy-hexproxy: the spider closed while it waited for a session")
+        request.dont_filter = True
+        return request
+
+    async def wait_until_due(self, request: Request, hooks: Any) -> Any:
         """A paced retry that bypassed the scheduler (``engine.download()``) reached the
         downloader before its time: wait here, then give it a session as usual
-        (``hooks.process_request``, which may wait for one in turn)."""
+        (``hooks.process_request``, which may wait for one in turn). If the spider closes
+        meanwhile it is dropped: ``engine.download()``'s caller waits for its answer."""
         due = request.meta.pop(NOT_BEFORE)
         assert self.pacer is not None  # the core only calls this when pacing is on
+        self._watch_close()
         await self.pacer.sleep_until(due)
+        if self.closing:
+            self._dropped_at_close += 1
+            raise IgnoreRequest("scrapy-hexproxy: the spider closed during the backoff")
         waiting = hooks.process_request(request)
         if waiting is not None:
-            await waiting
+            return await waiting
+        return None
 
     def _forget(self, waiter: Deferred[None]) -> None:
         """A waiting download was cancelled: stop tracking it."""
@@ -160,6 +197,40 @@ class Runtime:
                 waiter.callback(None)
         if self.pacer is not None:
             self.pacer.wake()
+
+    # -- close ----------------------------------------------------------------------------
+
+    def _watch_close(self) -> None:
+        """We hold a request: look every CLOSE_POLL seconds whether the spider began to close."""
+        if self.closing or (self._close_poll is not None and self._close_poll.running):
+            return
+        from twisted.internet.task import LoopingCall
+
+        self._close_poll = LoopingCall(self._poll_close)
+        self._close_poll.start(CLOSE_POLL, now=False)
+
+    def _poll_close(self) -> None:
+        engine = _scrapy.late(self.crawler, "engine")
+        if engine is not None and not engine_open(engine):
+            self.close_begun()
+        elif not self._waiters and (self.pacer is None or not self.pacer.holding):
+            self._stop_close_poll()
+
+    def _stop_close_poll(self) -> None:
+        if self._close_poll is not None and self._close_poll.running:
+            self._close_poll.stop()
+        self._close_poll = None
+
+    def close_begun(self) -> None:
+        """The spider began to close: release at once every request we hold, unsent (the
+        waiting ones leave the downloader, so the engine's close does not wait for them)."""
+        if self.closing:
+            return
+        self.closing = True
+        self._stop_close_poll()
+        if self.pacer is not None:
+            self.pacer.close_begun()
+        self.wake()
 
     def _schedule_wake(self, host: str | None = None) -> None:
         call = self._wake_call
@@ -262,10 +333,10 @@ class Runtime:
                 ),
                 AUTH_FAILED_REASON,
             )
-        # Requests waiting for a session would hold the close up until a cooldown ends:
-        # wake them, and they give up (check_credentials); so do any that come after.
-        self.wake()
         _scrapy.close_spider(self.crawler, AUTH_FAILED_REASON)
+        # Requests waiting for a session would hold the close up until a cooldown ends:
+        # release them now (the close itself may start only on the next loop turn).
+        self.close_begun()
 
     # -- stats ----------------------------------------------------------------------------
 
@@ -279,27 +350,50 @@ class Runtime:
 
     def _spider_opened(self, spider: Any = None) -> None:
         self.health.start()
+        if self.pacer is not None and self.jobdir is not None:
+            restored = self.pacer.restore(self.jobdir)
+            if restored:
+                logger.info(
+                    "hex_proxy: %d paced retries saved by the paused crawl are back, each"
+                    " waiting what is left of its backoff",
+                    restored,
+                )
 
     def _spider_closed(self, spider: Any = None, reason: str = "") -> None:
+        self.close_begun()  # a close we did not see begin (nothing was held then)
         if self._wake_call is not None and self._wake_call.active():
             self._wake_call.cancel()
+        retries = 0
         if self.pacer is not None:
-            dropped = self.pacer.close()
-            if dropped:
-                # As Scrapy drops its scheduler's queue on close (without JOBDIR).
-                self.core.retries_dropped(dropped)
-                logger.warning(
-                    "hex_proxy: the spider closed (%s) with %d retries still waiting for their"
-                    " backoff; they were dropped",
+            retries, saved = self.pacer.close(self.jobdir)
+            if saved:
+                logger.info(
+                    "hex_proxy: the spider closed (%s) with %d retries waiting for their"
+                    " backoff; they are saved in JOBDIR for the resume",
                     reason,
-                    dropped,
+                    saved,
                 )
+            if retries:
+                # As Scrapy drops its scheduler's queue on close (without JOBDIR).
+                self.core.retries_dropped(retries)
+        waiting = self._dropped_at_close
+        if retries or waiting:
+            logger.warning(
+                "hex_proxy: the spider closed (%s) with %d requests waiting for a session and"
+                " %d retries waiting for their backoff; they were dropped unsent (a JOBDIR"
+                " keeps them for the resume)",
+                reason,
+                waiting,
+                retries,
+            )
         gauges = self.health.stop()
         self.publish_stats()
         stats = _scrapy.late(self.crawler, "stats")
         if stats is not None:
             for key, value in gauges.items():
                 stats.set_value(key, value)
+            if waiting:
+                stats.set_value(DROPPED_AT_CLOSE, waiting)
 
 
 #: How many proxies a log line names at most (a list may be long).
