@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 
 from . import _core, _scrapy
 from ._banpolicy import bad_verdict, build_ban_policy
+from ._jobdir import PoolStateFile
 from ._logstats import PoolHealth, warn_without_timeout
 from ._pacing import NOT_BEFORE, Pacer
 from ._settings import HexProxyConfigError, HexSettings, check_pool_size, read_settings
@@ -51,6 +52,8 @@ class Runtime:
         except (ValueError, OverflowError) as exc:  # the core names the setting
             raise HexProxyConfigError(str(exc)) from None
         check_pool_size(settings, self.core.pool_size)
+        #: The pool's state in JOBDIR, restored here; None without JOBDIR.
+        self.pool_state = PoolStateFile.open(crawler, self.core, settings.gateway)
         # The gateway's URL for meta["proxy"]; a list's URLs are the core's.
         self.proxy_url = None if settings.gateway is None else settings.gateway.url
         #: What the hooks may do directly with Scrapy's objects (the wall's probes).
@@ -272,6 +275,8 @@ class Runtime:
 
     def _spider_opened(self, spider: Any = None) -> None:
         self.health.start()
+        if self.pool_state is not None:
+            self.pool_state.start()
 
     def _spider_closed(self, spider: Any = None, reason: str = "") -> None:
         if self._wake_call is not None and self._wake_call.active():
@@ -293,6 +298,8 @@ class Runtime:
         if stats is not None:
             for key, value in gauges.items():
                 stats.set_value(key, value)
+        if self.pool_state is not None:
+            self.pool_state.close()
 
 
 #: How many proxies a log line names at most (a list may be long).
