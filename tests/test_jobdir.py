@@ -162,3 +162,26 @@ def test_promise_15_the_pool_state_survives_a_pause_a_damaged_file_is_refused_cl
     assert runtime.core.cooling_count == 0
     [line] = _restored_lines(caplog)
     assert "unreadable" in line
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_15_the_pool_state_survives_a_pause_rotated_ids_go_on_and_none_is_reused(
+    crawl, base_settings, hexproxy_gateway, tmp_path
+):
+    # Seeded, the numbering's epoch is 0: a fresh crawl would hand out s007 again.
+    jobdir = tmp_path / "job"
+    settings = _settings(base_settings, jobdir, HEX_PROXY_ON_BLACKLIST="rotate")
+    hexproxy_gateway.set_behavior("s001", Behavior.answer(503))
+    await crawl(settings, urls(30))
+    first = set(hexproxy_gateway.counts())
+    assert {"s001", "s007"} <= first
+
+    hexproxy_gateway.reset()
+    hexproxy_gateway.clear_behavior("s001")
+    hexproxy_gateway.set_behavior("s007", Behavior.answer(503))
+    second = await crawl(settings, urls(30))
+    used = set(hexproxy_gateway.counts())
+    # Slot 1 went on as s007, which failed on and gave way to s013, never used before.
+    assert "s001" not in used and {"s007", "s013"} <= used
+    assert used & first == {"s000", "s002", "s003", "s004", "s005", "s007"}
+    assert second.hex_stats()["hex_proxy/rotated"] == 1
