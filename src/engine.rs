@@ -573,8 +573,15 @@ impl Engine {
         let mut state = self.state.lock();
         let now = self.clock.now_ns();
         let State {
-            pool, identities, ..
+            pool,
+            identities,
+            hosts,
+            ..
         } = &mut *state;
+        let (hash_key, hosts) = hosts
+            .as_mut()
+            .map(|hosts| hosts.export(now))
+            .unwrap_or_default();
         let saved = PoolState {
             config,
             saved_at_wall_ns: wall_ns,
@@ -585,6 +592,8 @@ impl Engine {
                 .as_ref()
                 .map(|identities| identities.rotated().collect())
                 .unwrap_or_default(),
+            hash_key,
+            hosts,
         };
         drop(state);
         saved.encode()
@@ -609,8 +618,14 @@ impl Engine {
         let mut state = self.state.lock();
         let now = self.clock.now_ns();
         let State {
-            pool, identities, ..
+            pool,
+            identities,
+            hosts,
+            ..
         } = &mut *state;
+        if let Some(hosts) = hosts {
+            restored.records = hosts.restore(saved.hash_key, &saved.hosts, now, pause);
+        }
         if let Some(identities) = identities {
             identities.restore(saved.epoch, &saved.rotated);
             self.epoch.store(saved.epoch, Ordering::Relaxed);
@@ -1659,8 +1674,7 @@ mod tests {
             Restored {
                 cooling: 1,
                 expired: 1,
-                failing: 0,
-                rotated: 0
+                ..Restored::default()
             }
         );
         // s004's cooldown ended during the pause; s001 has 100 - 60 s left.
@@ -1849,12 +1863,51 @@ mod tests {
             bench(&before, number);
         }
         let saved = before.snapshot(WALL, ORIGIN);
-        assert!(saved.len() < 200, "{} bytes", saved.len());
+        assert!(saved.len() < 220, "{} bytes", saved.len());
         let after = engine_with(|s| s.pool_size = 1_000_000);
         assert_eq!(
             after.restore(&saved, WALL, ORIGIN).map(|r| r.cooling),
             Ok(3)
         );
         assert_eq!(after.counts(), (999_997, 3));
+    }
+
+    #[test]
+    fn domain_records_resume_per_host_under_the_saved_hash_key() {
+        let before = domain_engine(4);
+        let (a, b) = (Some("a.test"), Some("b.test"));
+        before.record(1, a, Event::Status(503)).unwrap();
+        before.record(1, a, Event::Status(503)).unwrap(); // benched for a.test, 10 s
+        before.record(2, a, Event::Status(503)).unwrap();
+        before.record(1, b, Event::Status(503)).unwrap();
+        before.advance(Duration::from_secs(3)).unwrap();
+        let saved = before.snapshot(WALL, ORIGIN);
+        // Another process: another random hash key, which the restore replaces.
+        let after = domain_engine(4);
+        let restored = after.restore(&saved, WALL + 2_000_000_000, ORIGIN).unwrap();
+        assert_eq!(restored.records, 3);
+        assert_eq!(after.next_back(), Some((1, Duration::from_secs(5))));
+        for _ in 0..100 {
+            assert_ne!(after.pick(a, &[]), Some(1));
+        }
+        assert_eq!(
+            after.record(2, a, Event::Status(503)),
+            Ok(FAILED | BLACKLISTED)
+        );
+        assert_eq!(
+            after.record(1, b, Event::Status(503)),
+            Ok(FAILED | BLACKLISTED)
+        );
+        assert_eq!(
+            after.record(1, Some("c.test"), Event::Status(503)),
+            Ok(FAILED)
+        );
+        after.advance(Duration::from_secs(5)).unwrap();
+        assert!((0..100).any(|_| after.pick(a, &[]) == Some(1)));
+        // A pause longer than the cooldown: the ban is over, the runs stand.
+        let late = domain_engine(4);
+        let restored = late.restore(&saved, WALL + 60_000_000_000, ORIGIN).unwrap();
+        assert_eq!(restored.records, 2);
+        assert_eq!(late.counts(), (4, 0));
     }
 }

@@ -13,6 +13,11 @@
 //! u32 n, then n × (u32 slot, u64 ns of cooldown left)       cooling, in the order they return
 //! u32 n, then n × (u32 slot, u16 consecutive failures)      live sessions in a failure run
 //! u32 n, then n × (u32 slot, u32 generation)                slots past their first id
+//! u64 the host hash's key (ban scope "domain"; 0 in session scope)
+//! u32 n, then n × (u64 host key, u32 m, then m × (u32 slot, u8 kind, u64 value))
+//!                                 domain records per host, least recently touched first:
+//!                                 kind 0 a failure run (value: failures), 1 a cooldown
+//!                                 (value: ns left); host names are not kept, only their keys
 //! u64 FNV-1a of every byte before it
 //! ```
 //!
@@ -22,6 +27,8 @@
 
 use std::fmt;
 use std::time::Duration;
+
+use crate::scope::{HostRecords, Record};
 
 const MAGIC: &[u8; 6] = b"HXPOOL";
 const VERSION: u8 = 1;
@@ -36,6 +43,9 @@ pub struct PoolState {
     pub cooling: Vec<(u32, Duration)>,
     pub failing: Vec<(u32, u16)>,
     pub rotated: Vec<(u32, u32)>,
+    /// Ban scope "domain": the key host names are hashed with, and each host's records.
+    pub hash_key: u64,
+    pub hosts: Vec<HostRecords>,
 }
 
 /// What a restore brought back.
@@ -49,6 +59,8 @@ pub struct Restored {
     pub failing: u32,
     /// Slots past their first id.
     pub rotated: u32,
+    /// Ban scope "domain": (session, host) records still standing.
+    pub records: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +144,23 @@ impl PoolState {
             out.extend_from_slice(&slot.to_le_bytes());
             out.extend_from_slice(&generation.to_le_bytes());
         }
+        out.extend_from_slice(&self.hash_key.to_le_bytes());
+        out.extend_from_slice(&(self.hosts.len() as u32).to_le_bytes());
+        for (key, records) in &self.hosts {
+            out.extend_from_slice(&key.to_le_bytes());
+            out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+            for &(slot, record) in records {
+                out.extend_from_slice(&slot.to_le_bytes());
+                let (kind, value) = match record {
+                    Record::Failing(fails) => (0_u8, u64::from(fails)),
+                    Record::Cooling(left) => {
+                        (1, u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
+                    }
+                };
+                out.push(kind);
+                out.extend_from_slice(&value.to_le_bytes());
+            }
+        }
         let checksum = fnv1a(&out);
         out.extend_from_slice(&checksum.to_le_bytes());
         out
@@ -176,6 +205,26 @@ impl PoolState {
         let failing = reader.list(6, |r| Ok((seen.slot(r.u32()?, pool_size)?, r.u16()?)))?;
         let mut seen = SlotSet::default();
         let rotated = reader.list(8, |r| Ok((seen.slot(r.u32()?, pool_size)?, r.u32()?)))?;
+        let hash_key = reader.u64()?;
+        let hosts = reader.list(12, |r| {
+            let key = r.u64()?;
+            let mut seen = SlotSet::default();
+            let records = r.list(13, |r| {
+                let slot = seen.slot(r.u32()?, pool_size)?;
+                let kind = r.take(1)?[0];
+                let value = r.u64()?;
+                let record = match kind {
+                    0 => Record::Failing(
+                        u32::try_from(value)
+                            .map_err(|_| RestoreError::Unreadable("a failure count too large"))?,
+                    ),
+                    1 => Record::Cooling(Duration::from_nanos(value)),
+                    _ => return Err(RestoreError::Unreadable("a record of no kind")),
+                };
+                Ok((slot, record))
+            })?;
+            Ok((key, records))
+        })?;
         if !reader.data.is_empty() {
             return Err(RestoreError::Unreadable("trailing bytes"));
         }
@@ -186,6 +235,8 @@ impl PoolState {
             cooling,
             failing,
             rotated,
+            hash_key,
+            hosts,
         })
     }
 }
@@ -258,6 +309,14 @@ mod tests {
             cooling: vec![(2, Duration::from_secs(250)), (0, Duration::from_secs(251))],
             failing: vec![(1, 3)],
             rotated: vec![(3, 2)],
+            hash_key: 99,
+            hosts: vec![(
+                5,
+                vec![
+                    (1, Record::Failing(2)),
+                    (3, Record::Cooling(Duration::from_secs(9))),
+                ],
+            )],
         }
     }
 
@@ -265,7 +324,10 @@ mod tests {
     fn a_state_reads_back_as_written() {
         let bytes = state().encode();
         assert_eq!(PoolState::decode(&bytes, 4), Ok(state()));
-        assert_eq!(bytes.len(), 7 + 4 + 18 + 16 + 4 + 24 + 4 + 6 + 4 + 8 + 8);
+        assert_eq!(
+            bytes.len(),
+            7 + 4 + 18 + 16 + 4 + 24 + 4 + 6 + 4 + 8 + 8 + 4 + 12 + 26 + 8
+        );
     }
 
     #[test]

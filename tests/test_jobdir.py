@@ -185,3 +185,25 @@ async def test_promise_15_the_pool_state_survives_a_pause_rotated_ids_go_on_and_
     assert "s001" not in used and {"s007", "s013"} <= used
     assert used & first == {"s000", "s002", "s003", "s004", "s005", "s007"}
     assert second.hex_stats()["hex_proxy/rotated"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_15_the_pool_state_survives_a_pause_domain_records_stay_with_their_host(
+    crawl, base_settings, hexproxy_gateway, tmp_path
+):
+    jobdir = tmp_path / "job"
+    settings = _settings(base_settings, jobdir, HEX_PROXY_BAN_SCOPE="domain")
+    for session in BANNED:
+        hexproxy_gateway.set_host_behavior("a.test", Behavior.answer(503), session=session)
+    targets = urls(20, host="a.test") + urls(20, host="b.test")
+    first = await crawl(settings, targets)
+    assert first.hex_stats()["hex_proxy/blacklisted"] == 3
+
+    hexproxy_gateway.reset()
+    for session in BANNED:
+        hexproxy_gateway.clear_host_behavior("a.test", session=session)
+    second = await crawl(settings, targets)
+    assert len([p for p in second.pages if p.status == 200]) == 40
+    # Still banned for a.test, whatever the new process's hash key; b.test has them all.
+    assert sum(hexproxy_gateway.count(s, "a.test") for s in BANNED) == 0
+    assert sum(hexproxy_gateway.count(s, "b.test") for s in BANNED) > 0

@@ -1,6 +1,7 @@
 """The pool survives a pause: with a JOBDIR, the core's pool state (cooling sessions, failure
-runs, rotated-id numbering; see ``src/snapshot.rs``) is read back at start and written every
-``SAVE_INTERVAL`` seconds and at close, to ``JOBDIR/hexproxy-pool.state``.
+runs, rotated-id numbering, ban scope "domain"'s records; see ``src/snapshot.rs``) is read
+back at start and written every ``SAVE_INTERVAL`` seconds and at close, to
+``JOBDIR/hexproxy-pool.state``.
 
 Each write goes to a temporary file in JOBDIR, is fsynced, then renamed over the last one: a
 ``kill -9`` leaves the last complete save. The file holds no password (nor its base64).
@@ -68,15 +69,17 @@ class PoolStateFile:
         if isinstance(outcome, str):
             logger.info("hex_proxy: %s: ignored, starting with a fresh pool", outcome)
             return
-        cooling, expired, failing, rotated = outcome
+        cooling, expired, failing, rotated, records = outcome
         logger.info(
             "hex_proxy: pool state restored from %s: %d sessions still cooling, %d back from"
-            " their cooldown during the pause, %d in a failure run, %d rotated",
+            " their cooldown during the pause, %d in a failure run, %d rotated, %d"
+            " (session, host) records",
             self.path,
             cooling,
             expired,
             failing,
             rotated,
+            records,
         )
 
     def start(self) -> None:

@@ -171,12 +171,12 @@ impl Core {
         PyBytes::new(py, &data)
     }
 
-    /// Restores a state `snapshot` wrote: `(cooling, expired, failing, rotated)`, or why it was
+    /// Restores a state `snapshot` wrote: `(cooling, expired, failing, rotated, records)`, or why it was
     /// ignored (another configuration); `ValueError` for an unreadable one.
     fn restore(&self, data: &[u8], wall: f64, origin: &str) -> PyResult<RestoreOutcome> {
         match self.engine.restore(data, wall_ns(wall), origin) {
             Ok(r) => Ok(RestoreOutcome::Restored((
-                r.cooling, r.expired, r.failing, r.rotated,
+                r.cooling, r.expired, r.failing, r.rotated, r.records,
             ))),
             Err(err @ RestoreError::OtherConfig { .. }) => {
                 Ok(RestoreOutcome::Ignored(err.to_string()))
@@ -298,7 +298,7 @@ impl Core {
 
 #[derive(IntoPyObject)]
 enum RestoreOutcome {
-    Restored((u32, u32, u32, u32)),
+    Restored((u32, u32, u32, u32, u32)),
     Ignored(String),
 }
 
