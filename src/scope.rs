@@ -101,9 +101,8 @@ pub struct HostBans {
     max_records: usize,
     /// Hosts are told apart by a 64-bit keyed hash (SipHash, random key), so a host costs the
     /// same whatever its name's length: two names tracked at once share bans only if their
-    /// hashes collide, about 2 in 10^9 with 2^18 hosts tracked.
-    /// The hash's key: random, and saved with the records (`export`), so that a resumed crawl
-    /// finds its hosts again.
+    /// hashes collide, about 2 in 10^9 with 2^18 hosts tracked. The key is drawn at random and
+    /// saved with the records (`export`), so that a resumed crawl finds its hosts again.
     hash_key: u64,
     /// Host key -> its slot in `hosts`.
     index: HashMap<u64, u32>,
