@@ -1,7 +1,7 @@
 //! The engine: one pool, its clock, the retry policy, the provider (gateway or proxy list) and
 //! the stats, shared by every thread that downloads.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -19,6 +19,7 @@ use crate::retry::{Cause, Decision, RetryPolicy};
 use crate::runs::{host_key, Runs};
 use crate::scope::{BanScope, HostBans};
 use crate::session::SessionId;
+use crate::snapshot::{first_difference, fnv1a, PoolState, RestoreError, Restored};
 use crate::stats::{Reason, Stats};
 
 /// Flag of `record_*`: this failure blacklisted the session.
@@ -67,8 +68,9 @@ pub struct Engine {
     /// Whether ids rotate (the state keeps `Identities`): only then do numbers go beyond the
     /// pool size.
     rotates: bool,
-    /// How numbers beyond the pool size map to (slot, generation).
-    numbering: Numbering,
+    /// How numbers beyond the pool size map to (slot, generation): from this epoch on (see
+    /// identity.rs). Set once more by `restore`, before the first pick.
+    epoch: AtomicU64,
     /// Domain scope: a slot cooling for some host took a new id, which no host holds anything
     /// against, so requests waiting for that host may go now (see `take_released`).
     released: AtomicBool,
@@ -132,7 +134,7 @@ impl Engine {
         Self {
             retry: RetryPolicy::new(config.retry_codes, config.max_retries),
             rotates: identities.is_some(),
-            numbering: Numbering::new(config.pool_size, epoch),
+            epoch: AtomicU64::new(epoch),
             released: AtomicBool::new(false),
             config,
             clock,
@@ -523,7 +525,7 @@ impl Engine {
         let found = if number < size {
             Some((number as u32, 0))
         } else if self.rotates {
-            self.numbering.locate(number)
+            self.numbering().locate(number)
         } else {
             None
         };
@@ -533,11 +535,129 @@ impl Engine {
         })
     }
 
+    fn numbering(&self) -> Numbering {
+        Numbering::new(self.config.pool_size, self.epoch.load(Ordering::Relaxed))
+    }
+
+    /// What a saved state must match to be restored, as `key=value` lines, no secret in them:
+    /// the provider (`origin`, the gateway's host:port, which the caller knows, and the user;
+    /// or a fingerprint of the list's proxies without their passwords), the pool size, the ban
+    /// scope and the rotation mode.
+    pub fn describe(&self, origin: &str) -> String {
+        let config = &self.config;
+        let provider = match (config.provider.gateway(), config.provider.list()) {
+            (Some(gateway), _) => format!("gateway={origin}\nuser={:?}", gateway.user()),
+            (None, Some(list)) => {
+                let labels: Vec<String> = list.iter().map(|proxy| proxy.label()).collect();
+                format!(
+                    "proxy_list={} proxies #{:016x}",
+                    list.len(),
+                    fnv1a(labels.join("\n").as_bytes())
+                )
+            }
+            (None, None) => "provider=none".to_owned(),
+        };
+        let on_blacklist = match config.blacklisting.on_blacklist() {
+            OnBlacklist::Cooldown => "cooldown",
+            OnBlacklist::Rotate => "rotate",
+        };
+        format!(
+            "{provider}\npool_size={}\nban_scope={}\non_blacklist={on_blacklist}\nids_rotate={}",
+            config.pool_size,
+            self.ban_scope().as_str(),
+            self.rotates,
+        )
+    }
+
+    /// The pool's state for a pause (see snapshot.rs): cooling sessions with the time they
+    /// have left, failure runs, the rotated ids' numbering. `wall_ns`: the wall-clock time
+    /// now (ns since the Unix epoch); `origin`: see `describe`. O(pool size) scan, under the
+    /// lock: for a periodic save, not per request.
+    pub fn snapshot(&self, wall_ns: u64, origin: &str) -> Vec<u8> {
+        let config = self.describe(origin);
+        let mut state = self.state.lock();
+        let now = self.clock.now_ns();
+        let State {
+            pool,
+            identities,
+            hosts,
+            ..
+        } = &mut *state;
+        let (hash_key, hosts) = hosts
+            .as_mut()
+            .map(|hosts| hosts.export(now))
+            .unwrap_or_default();
+        let saved = PoolState {
+            config,
+            saved_at_wall_ns: wall_ns,
+            epoch: self.epoch.load(Ordering::Relaxed),
+            cooling: pool.cooling_left(now).collect(),
+            failing: pool.failing().collect(),
+            rotated: identities
+                .as_ref()
+                .map(|identities| identities.rotated().collect())
+                .unwrap_or_default(),
+            hash_key,
+            hosts,
+        };
+        drop(state);
+        saved.encode()
+    }
+
+    /// Restores a state `snapshot` wrote, before the first pick: each cooldown resumes with
+    /// the time it had left less the pause by the wall clock (`wall_ns` now against the
+    /// save's), a cooldown that ended during the pause is over. A state of another
+    /// configuration, or an unreadable one, changes nothing.
+    pub fn restore(
+        &self,
+        data: &[u8],
+        wall_ns: u64,
+        origin: &str,
+    ) -> Result<Restored, RestoreError> {
+        let saved = PoolState::decode(data, self.config.pool_size)?;
+        if let Some((saved, current)) = first_difference(&saved.config, &self.describe(origin)) {
+            return Err(RestoreError::OtherConfig { saved, current });
+        }
+        let pause = wall_ns.saturating_sub(saved.saved_at_wall_ns);
+        let mut restored = Restored::default();
+        let mut state = self.state.lock();
+        let now = self.clock.now_ns();
+        let State {
+            pool,
+            identities,
+            hosts,
+            ..
+        } = &mut *state;
+        if let Some(hosts) = hosts {
+            restored.records = hosts.restore(saved.hash_key, &saved.hosts, now, pause);
+        }
+        if let Some(identities) = identities {
+            identities.restore(saved.epoch, &saved.rotated);
+            self.epoch.store(saved.epoch, Ordering::Relaxed);
+            restored.rotated = saved.rotated.len() as u32;
+        }
+        let mut cooling = saved.cooling;
+        cooling.sort_by_key(|&(_, left)| left);
+        for (slot, left) in cooling {
+            let left = crate::clock::saturating_ns(left);
+            if left <= pause {
+                restored.expired += 1;
+            } else if pool.restore_cooling(slot, now.saturating_add(left - pause)) {
+                restored.cooling += 1;
+            }
+        }
+        for (slot, failures) in saved.failing {
+            pool.restore_failures(slot, failures);
+            restored.failing += 1;
+        }
+        Ok(restored)
+    }
+
     /// The id a session's slot goes by after its rotation from `number` (for the log).
     pub fn successor(&self, number: u64) -> Result<SessionId, Error> {
         let (slot, generation) = self.locate(number)?;
         let next = if self.rotates {
-            self.numbering.number(slot, generation.saturating_add(1))
+            self.numbering().number(slot, generation.saturating_add(1))
         } else {
             number
         };
@@ -1517,5 +1637,282 @@ mod tests {
         assert_eq!(stat(&engine, "hex_proxy/blacklisted"), blacklisted);
         let (live, cooling) = engine.counts();
         assert_eq!(live + cooling, 20);
+    }
+
+    const WALL: u64 = 1_750_000_000 * 1_000_000_000;
+    const ORIGIN: &str = "127.0.0.1:8080";
+
+    fn bench(engine: &Engine, number: u64) {
+        while engine.record(number, None, Event::Status(503)).unwrap() & BLACKLISTED == 0 {}
+    }
+
+    fn successor(engine: &Engine, number: u64) -> u64 {
+        engine.successor(number).unwrap().as_str()[1..]
+            .parse()
+            .unwrap()
+    }
+
+    fn unseeded(change: impl FnOnce(&mut Settings)) -> Engine {
+        let mut settings = example_settings();
+        change(&mut settings);
+        Engine::new(settings.validate().unwrap(), Clock::manual(), None)
+    }
+
+    #[test]
+    fn cooldowns_resume_with_their_time_left_less_the_pause_by_the_wall_clock() {
+        let before = engine_with(|s| s.pool_size = 6);
+        bench(&before, 4); // 300 s
+        before.advance(Duration::from_secs(50)).unwrap();
+        bench(&before, 1); // 300 s, from 50 s
+        before.advance(Duration::from_secs(200)).unwrap();
+        // At 250 s: s004 has 50 s left, s001 100 s.
+        let saved = before.snapshot(WALL, ORIGIN);
+        // The new process's monotonic clock starts anywhere: here at 7 s.
+        let after = engine_with(|s| s.pool_size = 6);
+        after.advance(Duration::from_secs(7)).unwrap();
+        let pause = Duration::from_secs(60);
+        let restored = after
+            .restore(&saved, WALL + pause.as_nanos() as u64, ORIGIN)
+            .unwrap();
+        assert_eq!(
+            restored,
+            Restored {
+                cooling: 1,
+                expired: 1,
+                ..Restored::default()
+            }
+        );
+        // s004's cooldown ended during the pause; s001 has 100 - 60 s left.
+        assert_eq!(after.counts(), (5, 1));
+        assert_eq!(after.next_back(), Some((1, Duration::from_secs(40))));
+        for _ in 0..200 {
+            assert_ne!(after.pick(None, &[]), Some(1));
+        }
+        after.advance(Duration::from_secs(39)).unwrap();
+        assert_eq!(after.counts(), (5, 1));
+        after.advance(Duration::from_secs(1)).unwrap();
+        assert_eq!(after.counts(), (6, 0));
+    }
+
+    #[test]
+    fn a_short_pause_keeps_about_the_whole_time_left_and_a_clock_set_back_takes_nothing_off() {
+        let before = engine();
+        bench(&before, 9);
+        before.advance(Duration::from_secs(50)).unwrap();
+        let saved = before.snapshot(WALL, ORIGIN);
+        let after = engine();
+        after.restore(&saved, WALL - 1_000_000_000, ORIGIN).unwrap();
+        assert_eq!(after.next_back(), Some((9, Duration::from_secs(250))));
+    }
+
+    #[test]
+    fn failure_runs_resume_where_they_stopped() {
+        let before = engine_with(|s| s.max_failures = 3);
+        before.record(2, None, Event::Status(503)).unwrap();
+        before.record(2, None, Event::Status(429)).unwrap();
+        before.record(5, None, Event::Status(503)).unwrap();
+        let saved = before.snapshot(WALL, ORIGIN);
+        let after = engine_with(|s| s.max_failures = 3);
+        let restored = after.restore(&saved, WALL, ORIGIN).unwrap();
+        assert_eq!(restored.failing, 2);
+        // s002 had 2 of 3: one more benches it; s005 had 1.
+        assert_eq!(
+            after.record(2, None, Event::Status(503)),
+            Ok(FAILED | BLACKLISTED)
+        );
+        assert_eq!(after.record(5, None, Event::Status(503)), Ok(FAILED));
+        assert_eq!(
+            after.record(5, None, Event::Status(503)),
+            Ok(FAILED | BLACKLISTED)
+        );
+    }
+
+    #[test]
+    fn a_resumed_crawl_goes_on_with_the_rotated_ids_and_never_reuses_one() {
+        let rotating = |s: &mut Settings| {
+            s.pool_size = 3;
+            s.max_failures = 1;
+            s.on_blacklist = "rotate".into();
+        };
+        let before = unseeded(rotating);
+        let mut seen: HashSet<u64> = (0..3).collect();
+        let mut current = 1;
+        for _ in 0..5 {
+            before.record(current, None, Event::Status(503)).unwrap();
+            current = successor(&before, current);
+            assert!(seen.insert(current));
+        }
+        let saved = before.snapshot(WALL, ORIGIN);
+        // Another process: another random epoch, which the restore replaces.
+        let after = unseeded(rotating);
+        assert_eq!(
+            after.restore(&saved, WALL, ORIGIN).map(|r| r.rotated),
+            Ok(1)
+        );
+        let picked: HashSet<u64> = (0..100).filter_map(|_| after.pick(None, &[])).collect();
+        assert_eq!(picked, HashSet::from([0, current, 2]));
+        for _ in 0..5 {
+            after.record(current, None, Event::Status(503)).unwrap();
+            current = successor(&after, current);
+            assert!(seen.insert(current), "{current} again");
+        }
+        assert_eq!(
+            after.session_id(current).unwrap(),
+            before.session_id(current).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_unreadable_state_is_refused_and_changes_nothing() {
+        let before = engine();
+        bench(&before, 3);
+        before.record(4, None, Event::Status(503)).unwrap();
+        let saved = before.snapshot(WALL, ORIGIN);
+        let after = engine();
+        for len in [0, 5, saved.len() / 2, saved.len() - 1] {
+            assert!(matches!(
+                after.restore(&saved[..len], WALL, ORIGIN),
+                Err(RestoreError::Unreadable(_))
+            ));
+        }
+        let mut damaged = saved.clone();
+        damaged[saved.len() - 20] ^= 1;
+        assert!(matches!(
+            after.restore(&damaged, WALL, ORIGIN),
+            Err(RestoreError::Unreadable(_))
+        ));
+        assert!(after.restore(b"garbage", WALL, ORIGIN).is_err());
+        assert_eq!(after.counts(), (20, 0));
+        assert_eq!(after.record(4, None, Event::Status(503)), Ok(FAILED));
+        assert_eq!(
+            after.restore(&saved, WALL, ORIGIN).map(|r| r.cooling),
+            Ok(1)
+        );
+    }
+
+    #[test]
+    fn a_state_of_another_configuration_is_ignored_and_says_what_differs() {
+        let before = engine();
+        bench(&before, 3);
+        let saved = before.snapshot(WALL, ORIGIN);
+        let differs = |engine: Engine, origin: &str| match engine.restore(&saved, WALL, origin) {
+            Err(RestoreError::OtherConfig { saved, current }) => {
+                assert_eq!(engine.counts().1, 0);
+                format!("{saved} / {current}")
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            differs(engine(), "127.0.0.1:9090"),
+            "gateway=127.0.0.1:8080 / gateway=127.0.0.1:9090"
+        );
+        assert_eq!(
+            differs(engine_with(|s| s.user = "other".into()), ORIGIN),
+            "user=\"USER\" / user=\"other\""
+        );
+        assert_eq!(
+            differs(engine_with(|s| s.pool_size = 21), ORIGIN),
+            "pool_size=20 / pool_size=21"
+        );
+        assert_eq!(
+            differs(engine_with(|s| s.ban_scope = "domain".into()), ORIGIN),
+            "ban_scope=session / ban_scope=domain"
+        );
+        assert_eq!(
+            differs(engine_with(|s| s.session_max_uses = 5), ORIGIN),
+            "ids_rotate=false / ids_rotate=true"
+        );
+        let list = |urls: &[&str]| {
+            engine_with(|s| {
+                s.proxies = Some(
+                    urls.iter()
+                        .enumerate()
+                        .map(|(i, url)| (format!("entry {i}"), (*url).to_owned()))
+                        .collect(),
+                );
+                s.pool_size = urls.len() as i64;
+            })
+        };
+        let listed = list(&["http://u:one@10.0.0.1:1", "http://10.0.0.2:2"]);
+        bench(&listed, 1);
+        let saved = listed.snapshot(WALL, "");
+        // Another password of a listed proxy is the same list; another address is not.
+        let same = list(&["http://u:two@10.0.0.1:1", "http://10.0.0.2:2"]);
+        assert_eq!(same.restore(&saved, WALL, "").map(|r| r.cooling), Ok(1));
+        let other = list(&["http://u:one@10.0.0.1:1", "http://10.0.0.3:2"]);
+        assert!(matches!(
+            other.restore(&saved, WALL, ""),
+            Err(RestoreError::OtherConfig { .. })
+        ));
+        assert!(!String::from_utf8_lossy(&saved).contains("one"));
+    }
+
+    #[test]
+    fn the_password_is_not_in_the_state_and_another_password_keeps_it() {
+        let before = engine();
+        bench(&before, 3);
+        let saved = before.snapshot(WALL, ORIGIN);
+        let text = String::from_utf8_lossy(&saved);
+        assert!(!text.contains("s3cret"));
+        let after = engine_with(|s| s.password = "new-password".into());
+        assert_eq!(
+            after.restore(&saved, WALL, ORIGIN).map(|r| r.cooling),
+            Ok(1)
+        );
+    }
+
+    #[test]
+    fn a_million_session_pool_with_three_benched_writes_a_few_bytes() {
+        let before = engine_with(|s| s.pool_size = 1_000_000);
+        for number in [10, 500_000, 999_999] {
+            bench(&before, number);
+        }
+        let saved = before.snapshot(WALL, ORIGIN);
+        assert!(saved.len() < 220, "{} bytes", saved.len());
+        let after = engine_with(|s| s.pool_size = 1_000_000);
+        assert_eq!(
+            after.restore(&saved, WALL, ORIGIN).map(|r| r.cooling),
+            Ok(3)
+        );
+        assert_eq!(after.counts(), (999_997, 3));
+    }
+
+    #[test]
+    fn domain_records_resume_per_host_under_the_saved_hash_key() {
+        let before = domain_engine(4);
+        let (a, b) = (Some("a.test"), Some("b.test"));
+        before.record(1, a, Event::Status(503)).unwrap();
+        before.record(1, a, Event::Status(503)).unwrap(); // benched for a.test, 10 s
+        before.record(2, a, Event::Status(503)).unwrap();
+        before.record(1, b, Event::Status(503)).unwrap();
+        before.advance(Duration::from_secs(3)).unwrap();
+        let saved = before.snapshot(WALL, ORIGIN);
+        // Another process: another random hash key, which the restore replaces.
+        let after = domain_engine(4);
+        let restored = after.restore(&saved, WALL + 2_000_000_000, ORIGIN).unwrap();
+        assert_eq!(restored.records, 3);
+        assert_eq!(after.next_back(), Some((1, Duration::from_secs(5))));
+        for _ in 0..100 {
+            assert_ne!(after.pick(a, &[]), Some(1));
+        }
+        assert_eq!(
+            after.record(2, a, Event::Status(503)),
+            Ok(FAILED | BLACKLISTED)
+        );
+        assert_eq!(
+            after.record(1, b, Event::Status(503)),
+            Ok(FAILED | BLACKLISTED)
+        );
+        assert_eq!(
+            after.record(1, Some("c.test"), Event::Status(503)),
+            Ok(FAILED)
+        );
+        after.advance(Duration::from_secs(5)).unwrap();
+        assert!((0..100).any(|_| after.pick(a, &[]) == Some(1)));
+        // A pause longer than the cooldown: the ban is over, the runs stand.
+        let late = domain_engine(4);
+        let restored = late.restore(&saved, WALL + 60_000_000_000, ORIGIN).unwrap();
+        assert_eq!(restored.records, 2);
+        assert_eq!(late.counts(), (4, 0));
     }
 }

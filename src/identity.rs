@@ -128,6 +128,28 @@ impl Identities {
         true
     }
 
+    /// The slots past their first id: `(slot, generation)`, for a snapshot. O(pool size).
+    pub fn rotated(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        (0..self.pool_size).filter_map(|slot| {
+            let generation = self.generations[slot as usize];
+            (generation > 0).then_some((slot, generation))
+        })
+    }
+
+    /// The epoch generations >= 1 are numbered from.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Restores a crawl's numbering (from a snapshot): its epoch, and each rotated slot's
+    /// generation, whose id goes on unused and unborn. Before the first hand-out.
+    pub fn restore(&mut self, epoch: u64, rotated: &[(u32, u32)]) {
+        self.epoch = epoch;
+        for &(slot, generation) in rotated {
+            self.generations[slot as usize] = generation;
+        }
+    }
+
     /// Bytes held per slot (the capacity of every array it keeps).
     pub fn bytes(&self) -> usize {
         4 * (self.generations.capacity() + self.uses.capacity() + self.births.capacity())

@@ -18,6 +18,7 @@ pub mod scope;
 pub mod session;
 pub mod settings;
 pub mod slot_tree;
+pub mod snapshot;
 pub mod stats;
 pub mod worst;
 

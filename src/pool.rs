@@ -124,16 +124,20 @@ impl Pool {
         if !self.count_failure(index) {
             return false;
         }
+        self.bench(index, now.saturating_add(self.cooldown_ns));
+        true
+    }
+
+    /// Takes a live session out until `until` (nanoseconds), behind every session cooling now:
+    /// `until` must not be before their ends.
+    fn bench(&mut self, index: u32, until: u64) {
         let i = index as usize;
         let at = self.pos[i] as usize;
         self.live.swap_remove(at);
         if let Some(&moved) = self.live.get(at) {
             self.pos[moved as usize] = at as u32;
         }
-        let until_us = now
-            .saturating_add(self.cooldown_ns)
-            .div_ceil(1000)
-            .min(MAX_UNTIL_US);
+        let until_us = until.div_ceil(1000).min(MAX_UNTIL_US);
         debug_assert!(self
             .cooling
             .back()
@@ -141,6 +145,45 @@ impl Pool {
         self.pos[i] = COOLING | (until_us >> 16) as u32;
         self.fails[i] = until_us as u16;
         self.cooling.push_back(index);
+    }
+
+    /// The live sessions in a run of failures: `(index, failures)`, for a snapshot. O(pool
+    /// size), a sequential scan.
+    pub fn failing(&self) -> impl Iterator<Item = (u32, u16)> + '_ {
+        (0..self.fails.len() as u32).filter_map(|index| {
+            let i = index as usize;
+            (self.fails[i] != 0 && self.pos[i] & COOLING == 0).then(|| (index, self.fails[i]))
+        })
+    }
+
+    /// The cooling sessions and the time each has left at `now`, in the order they come back.
+    pub fn cooling_left(&mut self, now: u64) -> impl Iterator<Item = (u32, Duration)> + '_ {
+        self.expire(now);
+        let pool = &*self;
+        pool.cooling
+            .iter()
+            .map(move |&index| (index, Duration::from_nanos(pool.until(index) - now)))
+    }
+
+    /// Restores a live session's run of failures (from a snapshot).
+    pub fn restore_failures(&mut self, index: u32, failures: u16) {
+        let i = index as usize;
+        if self.pos[i] & COOLING == 0 {
+            self.fails[i] = failures;
+        }
+    }
+
+    /// Benches a live session until `until` (from a snapshot). The sessions must come in the
+    /// order they come back, after any cooling already: else false, and nothing changes.
+    pub fn restore_cooling(&mut self, index: u32, until: u64) -> bool {
+        let in_order = self
+            .cooling
+            .back()
+            .is_none_or(|&last| self.until(last) <= until.div_ceil(1000) * 1000);
+        if !in_order || self.pos[index as usize] & COOLING != 0 {
+            return false;
+        }
+        self.bench(index, until);
         true
     }
 

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher, RandomState};
 use std::time::Duration;
 
 use rand::Rng;
@@ -72,6 +72,16 @@ pub fn host_of(url: &str) -> Cow<'_, str> {
     }
 }
 
+/// A record as saved: a run of failures, or a cooldown with the time it has left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    Failing(u32),
+    Cooling(Duration),
+}
+
+/// A host's key (its name hashed) and its records, as saved.
+pub type HostRecords = (u64, Vec<(u32, Record)>);
+
 /// A tracked host: its tree of records and its place in the recency list. 24 bytes.
 #[derive(Debug)]
 struct Host {
@@ -91,8 +101,9 @@ pub struct HostBans {
     max_records: usize,
     /// Hosts are told apart by a 64-bit keyed hash (SipHash, random key), so a host costs the
     /// same whatever its name's length: two names tracked at once share bans only if their
-    /// hashes collide, about 2 in 10^9 with 2^18 hosts tracked.
-    hasher: RandomState,
+    /// hashes collide, about 2 in 10^9 with 2^18 hosts tracked. The key is drawn at random and
+    /// saved with the records (`export`), so that a resumed crawl finds its hosts again.
+    hash_key: u64,
     /// Host key -> its slot in `hosts`.
     index: HashMap<u64, u32>,
     /// A slab of hosts; freed entries are reused through `free_host`.
@@ -167,7 +178,7 @@ impl HostBans {
             max_failures,
             cooldown_ns: saturating_ns(cooldown),
             max_records: max_records as usize,
-            hasher: RandomState::new(),
+            hash_key: RandomState::new().hash_one(0_u8),
             index: HashMap::new(),
             hosts: Vec::new(),
             free_host: NIL,
@@ -232,7 +243,7 @@ impl HostBans {
     /// Counts a failure of `slot` at `host`; true when it blacklists the slot for the host.
     /// A failure while it cools there (an attempt in flight when it was blacklisted) is ignored.
     pub fn failure(&mut self, slot: u32, host: &str, now: u64) -> bool {
-        let key = self.hasher.hash_one(host);
+        let key = self.key_of(host);
         let found = self.find_key(key, now);
         let entry = found.and_then(|h| self.forest.get(self.root(h), slot));
         let fails = match entry {
@@ -374,6 +385,80 @@ impl HostBans {
             )
     }
 
+    /// A host's key: SipHash (std's, keyed by `hash_key`) of its name.
+    fn key_of(&self, host: &str) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        self.hash_key.hash(&mut hasher);
+        host.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// The records for a snapshot: the hash key, and each host's key with its records (a
+    /// cooldown as the time it has left at `now`), from the least recently touched host on.
+    /// O(records).
+    pub fn export(&mut self, now: u64) -> (u64, Vec<HostRecords>) {
+        self.counts(now);
+        let mut hosts = Vec::with_capacity(self.index.len());
+        let mut h = self.oldest;
+        while h != NIL {
+            let host = &self.hosts[h as usize];
+            let mut records = Vec::new();
+            self.forest.visit(host.root, |slot, entry| {
+                records.push((
+                    slot,
+                    match entry {
+                        Entry::Failing(fails) => Record::Failing(fails),
+                        Entry::Cooling(until) => {
+                            Record::Cooling(Duration::from_nanos(until.saturating_sub(now)))
+                        }
+                    },
+                ));
+            });
+            records.sort_unstable_by_key(|&(slot, _)| slot);
+            hosts.push((host.key, records));
+            h = host.newer;
+        }
+        (self.hash_key, hosts)
+    }
+
+    /// Restores the records `export` gave into a fresh `HostBans`, after a pause of `pause`
+    /// ns: hosts come least recently touched first; past `max_records` the oldest are evicted
+    /// as usual; a cooldown that ended during the pause is dropped. Returns the records kept.
+    pub fn restore(&mut self, hash_key: u64, hosts: &[HostRecords], now: u64, pause: u64) -> u32 {
+        self.hash_key = hash_key;
+        let mut restored = 0;
+        for (key, records) in hosts {
+            for &(slot, record) in records {
+                let entry = match record {
+                    Record::Failing(fails) => Entry::Failing(fails),
+                    Record::Cooling(left) => match saturating_ns(left).checked_sub(pause) {
+                        Some(left) if left > 0 => Entry::Cooling(now.saturating_add(left)),
+                        _ => continue,
+                    },
+                };
+                let found = self.index.get(key).copied();
+                if slot >= self.size
+                    || found.is_some_and(|h| self.forest.get(self.root(h), slot).is_some())
+                {
+                    continue;
+                }
+                self.make_room(found.unwrap_or(NIL));
+                let h = match self.index.get(key) {
+                    Some(&h) => h,
+                    None => self.add_host(*key),
+                };
+                self.forest
+                    .set(&mut self.hosts[h as usize].root, slot, entry);
+                self.slots.added(slot);
+                if let Entry::Cooling(_) = entry {
+                    self.slots.cooled(slot);
+                }
+                restored += 1;
+            }
+        }
+        restored
+    }
+
     fn root(&self, h: u32) -> u32 {
         self.hosts[h as usize].root
     }
@@ -385,7 +470,7 @@ impl HostBans {
     /// The host's slab slot, with its ended cooldowns gone, marked as the most recently
     /// touched; `None` if it holds nothing (then it is not tracked).
     fn find(&mut self, host: &str, now: u64) -> Option<u32> {
-        let key = self.hasher.hash_one(host);
+        let key = self.key_of(host);
         self.find_key(key, now)
     }
 
@@ -803,5 +888,23 @@ mod tests {
         }
         assert!(bans.evicted() > 0);
         assert_consistent(&bans);
+    }
+
+    #[test]
+    fn restored_records_keep_within_the_bound_the_newest_hosts_first() {
+        let mut before = HostBans::with_max_records(2, 2, Duration::from_secs(10), 2);
+        for host in ["old.test", "mid.test", "new.test"] {
+            before.failure(0, host, 0);
+        }
+        // The cap (2 records) evicted old.test already.
+        let (key, hosts) = before.export(0);
+        assert_eq!(hosts.len(), 2);
+        let mut after = HostBans::with_max_records(2, 2, Duration::from_secs(10), 2);
+        assert_eq!(after.restore(key, &hosts, 0, 0), 2);
+        // Each run goes on: one more failure benches the slot there; old.test starts afresh.
+        assert!(after.failure(0, "new.test", 0));
+        assert!(after.failure(0, "mid.test", 0));
+        assert!(!after.failure(0, "old.test", 0));
+        assert_eq!(after.records(), 2);
     }
 }

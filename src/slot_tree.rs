@@ -226,6 +226,19 @@ impl Forest {
         before
     }
 
+    /// Calls `visit` with each record of the tree, in no particular order.
+    pub fn visit(&self, root: u32, mut visit: impl FnMut(u32, Entry)) {
+        let mut stack = Vec::new();
+        if root != NIL {
+            stack.push(root);
+        }
+        while let Some(t) = stack.pop() {
+            let node = &self.nodes[t as usize];
+            stack.extend([node.left, node.right].into_iter().filter(|&c| c != NIL));
+            visit(node.slot, Entry::decode(node.own));
+        }
+    }
+
     /// Frees every node of the tree, calling `visit` with each record.
     pub fn clear(&mut self, root: &mut u32, mut visit: impl FnMut(u32, Entry)) {
         let mut stack = Vec::new();

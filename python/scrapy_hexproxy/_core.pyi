@@ -260,6 +260,23 @@ class Core:
         """Move the manual clock forward. ``RuntimeError`` on the system clock, ``ValueError``
         for a negative or non-finite number of seconds."""
 
+    def snapshot(self, wall: float, origin: str) -> bytes:
+        """The pool's state for a pause (JOBDIR): cooling sessions with the time they have
+        left, failure runs, the rotated ids' numbering, ban scope "domain"'s records; never the
+        password. ``wall``:
+        ``time.time()``; ``origin``: the gateway's ``host:port`` (``""`` with a proxy list).
+        A scan of the pool: call it periodically, not per request."""
+
+    def restore(
+        self, data: bytes, wall: float, origin: str
+    ) -> tuple[int, int, int, int, int] | str:
+        """Restores a state ``snapshot`` wrote, before the first pick: the sessions
+        ``(cooling, expired, failing, rotated, records)`` (``records``: ban scope "domain"'s
+        (session, host) records); cooldowns go on with the time they had left less the pause
+        by the wall clock. A state of another configuration (gateway, user,
+        list, pool size, ban scope, rotation) changes nothing: the reason, as a string.
+        ``ValueError`` for an unreadable state (truncated, damaged), which changes nothing."""
+
     def now(self) -> float:
         """Seconds on the core's clock since the core was created (monotonic)."""
 

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 
 from . import _core, _scrapy
 from ._banpolicy import bad_verdict, build_ban_policy
+from ._jobdir import PoolStateFile
 from ._logstats import PoolHealth, warn_without_timeout
 from ._pacing import NOT_BEFORE, Pacer
 from ._scrapy import engine_open
@@ -68,6 +69,8 @@ class Runtime:
         except (ValueError, OverflowError) as exc:  # the core names the setting
             raise HexProxyConfigError(str(exc)) from None
         check_pool_size(settings, self.core.pool_size)
+        #: The pool's state in JOBDIR, restored here; None without JOBDIR.
+        self.pool_state = PoolStateFile.open(crawler, self.core, settings.gateway)
         # The gateway's URL for meta["proxy"]; a list's URLs are the core's.
         self.proxy_url = None if settings.gateway is None else settings.gateway.url
         #: What the hooks may do directly with Scrapy's objects (the wall's probes).
@@ -358,6 +361,8 @@ class Runtime:
                     " waiting what is left of its backoff",
                     restored,
                 )
+        if self.pool_state is not None:
+            self.pool_state.start()
 
     def _spider_closed(self, spider: Any = None, reason: str = "") -> None:
         self.close_begun()  # a close we did not see begin (nothing was held then)
@@ -394,6 +399,8 @@ class Runtime:
                 stats.set_value(key, value)
             if waiting:
                 stats.set_value(DROPPED_AT_CLOSE, waiting)
+        if self.pool_state is not None:
+            self.pool_state.close()
 
 
 #: How many proxies a log line names at most (a list may be long).

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -12,6 +12,7 @@ use crate::engine::{Engine, Event};
 use crate::error::Error;
 use crate::provider::{Entry, Proxy};
 use crate::settings as setting;
+use crate::snapshot::RestoreError;
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> Self {
@@ -163,6 +164,27 @@ impl Core {
         Ok(self.engine.advance(by)?)
     }
 
+    /// The pool's state for a pause (see snapshot.rs); `wall`: `time.time()`; `origin`: the
+    /// gateway's host:port ("" with a proxy list).
+    fn snapshot<'py>(&self, py: Python<'py>, wall: f64, origin: &str) -> Bound<'py, PyBytes> {
+        let data = py.detach(|| self.engine.snapshot(wall_ns(wall), origin));
+        PyBytes::new(py, &data)
+    }
+
+    /// Restores a state `snapshot` wrote: `(cooling, expired, failing, rotated, records)`, or why it was
+    /// ignored (another configuration); `ValueError` for an unreadable one.
+    fn restore(&self, data: &[u8], wall: f64, origin: &str) -> PyResult<RestoreOutcome> {
+        match self.engine.restore(data, wall_ns(wall), origin) {
+            Ok(r) => Ok(RestoreOutcome::Restored((
+                r.cooling, r.expired, r.failing, r.rotated, r.records,
+            ))),
+            Err(err @ RestoreError::OtherConfig { .. }) => {
+                Ok(RestoreOutcome::Ignored(err.to_string()))
+            }
+            Err(err @ RestoreError::Unreadable(_)) => Err(PyValueError::new_err(err.to_string())),
+        }
+    }
+
     fn now(&self) -> f64 {
         self.engine.now().as_secs_f64()
     }
@@ -278,6 +300,17 @@ impl Core {
             pool_size: self.pool_size(),
         })
     }
+}
+
+#[derive(IntoPyObject)]
+enum RestoreOutcome {
+    Restored((u32, u32, u32, u32, u32)),
+    Ignored(String),
+}
+
+/// Seconds since the Unix epoch as ns; 0 for a time before it (or not a number).
+fn wall_ns(wall: f64) -> u64 {
+    Duration::try_from_secs_f64(wall).map_or(0, crate::clock::saturating_ns)
 }
 
 /// `(number, retry_times, host)` of an attempt token (`meta["_hex_attempt"]`).
