@@ -87,6 +87,9 @@ struct State {
     hosts: Option<HostBans>,
     /// The reasons of each open failure run, for the WARNING that benches a session.
     runs: Runs,
+    /// The reasons of the run that benched a session last: `(slot, host key, reasons)`,
+    /// until `blacklist_reasons` takes them.
+    benched: Option<(u32, u64, String)>,
 }
 
 impl State {
@@ -144,6 +147,7 @@ impl Engine {
                 identities,
                 hosts,
                 runs: Runs::default(),
+                benched: None,
             }),
             stats: Stats::default(),
             auth,
@@ -175,6 +179,7 @@ impl Engine {
             identities,
             hosts,
             runs,
+            ..
         } = &mut *state;
         // Reading the clock is a fair share of a pick; in session scope without rotation it
         // only ends cooldowns, and while none is cooling any time will do.
@@ -362,6 +367,13 @@ impl Engine {
                 BLACKLISTED
             }
         };
+        // The run ends here: its reasons wait for the caller (the ledger, at once) in the one
+        // place kept for them, so a caller that never asks keeps nothing.
+        let key = host_key(self.domain_host(host));
+        state.benched = state
+            .runs
+            .take(slot, key)
+            .map(|reasons| (slot, key, reasons));
         drop(state);
         self.stats.blacklisted();
         flags
@@ -477,7 +489,14 @@ impl Engine {
     pub fn blacklist_reasons(&self, number: u64, host: Option<&str>) -> Option<String> {
         let (slot, _) = self.locate(number).ok()?;
         let key = host_key(self.domain_host(host));
-        self.state.lock().runs.take(slot, key)
+        let mut state = self.state.lock();
+        match state.benched.take() {
+            Some((at, at_key, reasons)) if (at, at_key) == (slot, key) => Some(reasons),
+            other => {
+                state.benched = other;
+                None
+            }
+        }
     }
 
     /// A 407 is about the credentials, whether or not it counts as a session failure; only a
