@@ -3,7 +3,8 @@
 ``python tests/held_crawl.py CONFIG.json``: CONFIG holds ``settings`` (Scrapy settings), ``pages``
 (how many ``/page/N`` URLs the spider requests, without ``dont_filter``), ``out`` (a file the
 spider appends the URL of each 200 response to) and ``held`` (``{"waiting": W, "parked": P}``:
-once the runtime holds at least W requests waiting for a session and P parked retries, one line
+once the runtime holds at least W requests waiting for a session and P parked retries, and the
+downloader holds nothing else (no attempt still on its way to the gateway), one line
 ``HELD waiting=... parked=...`` is printed, so the test knows when to send its signal).
 With ``times`` (a file), the spider also writes each 200 response's URL and time of arrival.
 CrawlerProcess installs Scrapy's own SIGINT handler: the first SIGINT closes the spider
@@ -68,7 +69,10 @@ def main() -> None:
             if runtime is None:
                 return
             parked = runtime.pacer.parked if runtime.pacer is not None else 0
-            if runtime.waiting >= held["waiting"] and parked >= held["parked"]:
+            engine = crawler.engine
+            # Requests waiting for a session are in the downloader; anything more is in flight.
+            in_flight = len(engine.downloader.active) - runtime.waiting if engine else 1
+            if runtime.waiting >= held["waiting"] and parked >= held["parked"] and in_flight == 0:
                 print(f"HELD waiting={runtime.waiting} parked={parked}", flush=True)
                 poll.stop()
 
