@@ -496,6 +496,82 @@ mod tests {
     }
 
     #[test]
+    fn an_unreachable_gateway_is_nobodys_failure_and_is_resent_by_whoever_settles_it() {
+        let unreachable = Outcome::Unreachable {
+            name: "ConnectionRefusedError",
+        };
+        for order in [[Role::Proxy, Role::Retry], [Role::Retry, Role::Proxy]] {
+            let engine = engine();
+            let ledger = Ledger::new(&engine);
+            let mut meta = sent_on(3);
+            meta.retry.retry_times = 2;
+            let first = ledger
+                .settle(&mut meta, || Ok(unreachable), order[0], None)
+                .unwrap();
+            assert!(first.resend, "{order:?}");
+            assert_eq!(first.settled, None);
+            assert_eq!((first.retry, first.why), (Decision::Pass, None));
+            assert_eq!(meta.attempt, None, "settled: the token is gone");
+            let second = ledger
+                .settle(&mut meta, || Ok(unreachable), order[1], None)
+                .unwrap();
+            assert!(!second.resend, "resent once, by the first");
+            assert_eq!((second.retry, second.why), (Decision::Pass, None));
+            assert!(meta.failed.is_empty(), "no session to avoid: none failed");
+            assert!(engine.stats_snapshot().iter().all(|(key, _)| {
+                !key.starts_with("hex_proxy/failure/") && !key.starts_with("hex_proxy/retry")
+            }));
+        }
+        // The ban policy is not asked: an outage is nobody's verdict to give.
+        let engine = engine();
+        let ledger = Ledger::new(&engine);
+        let mut asked = false;
+        let mut judge = || -> Verdict<&'static str> {
+            asked = true;
+            Ok(Some(true))
+        };
+        let settlement = ledger
+            .settle(
+                &mut sent_on(1),
+                || Ok(unreachable),
+                Role::Retry,
+                Some(&mut judge),
+            )
+            .unwrap();
+        assert!(settlement.resend && !asked);
+    }
+
+    #[test]
+    fn an_unreachable_listed_proxy_is_that_sessions_transport_failure() {
+        let mut settings = example_settings();
+        settings.proxies = Some(vec![
+            ("HEX_PROXY_LIST item 1".into(), "http://127.0.0.1:1".into()),
+            ("HEX_PROXY_LIST item 2".into(), "http://127.0.0.1:2".into()),
+        ]);
+        settings.pool_size = 2;
+        let engine = Engine::new(settings.validate().unwrap(), Clock::manual(), Some(1));
+        assert!(!engine.has_gateway());
+        engine.set_gateway_down(true);
+        assert!(!engine.gateway_down(), "a list has no crawl-wide outage");
+        let ledger = Ledger::new(&engine);
+        let mut meta = sent_on(1);
+        let unreachable = Outcome::Unreachable {
+            name: "ConnectionRefusedError",
+        };
+        let settlement = ledger
+            .settle(&mut meta, || Ok(unreachable), Role::Retry, None)
+            .unwrap();
+        assert!(!settlement.resend);
+        assert_eq!(settlement.retry, Decision::Retry);
+        assert_eq!(
+            settlement.why,
+            Some(Why::Transport("ConnectionRefusedError"))
+        );
+        assert_eq!(stat(&engine, "hex_proxy/failure/ConnectionRefusedError"), 1);
+        assert_eq!(meta.failed, [1]);
+    }
+
+    #[test]
     fn every_outcome_is_settled_once_in_either_order() {
         for (outcome, failure) in outcomes() {
             for order in [[Role::Proxy, Role::Retry], [Role::Retry, Role::Proxy]] {

@@ -23,7 +23,7 @@ from scrapy_hexproxy._outage import DOWN, DOWN_SECONDS, UNREACHABLE_REASON
 from scrapy_hexproxy._pacing import HELD_FILE
 from scrapy_hexproxy.testing import Behavior, Gateway
 
-from .conftest import PagesSpider, urls
+from .conftest import PagesSpider, urls, when
 from .test_lifecycle import secret_forms
 
 PASSWORD = "outage-s3cret-PASSWORD-17"
@@ -82,9 +82,7 @@ class OutageSpider(PagesSpider):
 
 def _ours(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == "scrapy_hexproxy" and r.levelno == level
+        r.getMessage() for r in caplog.records if r.name == "scrapy_hexproxy" and r.levelno == level
     ]
 
 
@@ -293,3 +291,55 @@ def test_promise_17_scrapy_2_15_wrapped_failures_are_read_by_their_cause():
     assert _scrapy.unreachable(connect_timeout)
     # Scrapy's own download timeout, raised without a cause: connected or not, nobody knows.
     assert not _scrapy.unreachable(ours.DownloadTimeoutError("Getting x took longer than 5s"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_17_a_gateway_that_does_not_accept_in_time_is_an_outage_too(
+    crawl, settings, caplog
+):
+    """Twisted's connect timeout: the gateway's port takes no more connections (a listener
+    with a full backlog that never accepts: the kernel drops the SYNs), then the gateway is
+    started on that port. https:// targets: Scrapy's HTTP/1.1 handler connects for a CONNECT
+    tunnel with Twisted's timeout, which then ends the attempt before Scrapy's own download
+    timeout (for http:// targets it connects through HostnameEndpoint, whose timeout starts
+    after Scrapy's: that case shows as Scrapy's download timeout, a session's failure)."""
+    import socket
+
+    from twisted.internet import reactor
+
+    caplog.set_level(logging.INFO)
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    port = blackhole.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))  # fills the backlog of 0
+    gateway = Gateway(password=PASSWORD, port=port)
+
+    def back() -> None:
+        filler.close()
+        blackhole.close()
+        gateway.start()
+
+    settings.update(HEX_PROXY_GATEWAY=f"http://127.0.0.1:{port}", DOWNLOAD_TIMEOUT=0.5)
+    pages = urls(3, "https")
+
+    def watch(crawler: Any) -> None:  # the gateway starts 0.5 s after the outage is seen
+        when(crawler, lambda c, runtime: runtime.core.gateway_down, lambda c, r: later())
+
+    def later() -> None:
+        reactor.callLater(0.5, back)
+
+    try:
+        result = await crawl(settings, pages, before=watch)
+    finally:
+        gateway.stop()
+        filler.close()
+        blackhole.close()
+    stats = result.stats
+    assert result.finish_reason == "finished"
+    assert sorted(p.url for p in result.pages) == sorted(pages)
+    assert len(_fetched(gateway)) == len(pages)  # one tunnel each
+    assert _blame(stats) == {}
+    assert stats[DOWN] == 1
+    warnings = _ours(caplog, logging.WARNING)
+    assert len(warnings) == 1 and "TimeoutError" in warnings[0], warnings

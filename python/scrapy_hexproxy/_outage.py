@@ -190,7 +190,7 @@ class GatewayWatch:
         if not self._core.gateway_down or self._closing:
             return
         endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=PROBE_TIMEOUT)
-        connecting = connectProtocol(endpoint, Protocol())
+        connecting = connectProtocol(endpoint, Protocol())  # type: ignore[no-untyped-call]
         connecting.addCallbacks(self._answered, self._unanswered)
 
     def _answered(self, protocol: Any) -> None:

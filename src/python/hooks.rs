@@ -438,10 +438,9 @@ impl ProxyHooks {
         if state.core.get().engine().gateway_down() {
             // Promise 17: nothing goes out while the gateway cannot be reached; the runtime
             // holds the request (out of the downloader) until a probe finds it again.
-            return Ok(Some(runtime_of(owner)?.call_method1(
-                intern!(py, "hold_for_gateway"),
-                (request, slf),
-            )?));
+            return Ok(Some(
+                runtime_of(owner)?.call_method1(intern!(py, "hold_for_gateway"), (request, slf))?,
+            ));
         }
         let host = state.target_host(request)?;
         if state.pick_and_assign(owner, request, &meta, host.as_deref())? {

@@ -378,7 +378,8 @@ impl Scrapy {
         } else {
             None
         };
-        let unreachable = refused.is_none() && self.unreachable.bind(py).call1((exception,))?.is_truthy()?;
+        let unreachable =
+            refused.is_none() && self.unreachable.bind(py).call1((exception,))?.is_truthy()?;
         Ok(Some((name, refused, unreachable)))
     }
 
