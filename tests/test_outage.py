@@ -343,3 +343,61 @@ async def test_promise_17_a_gateway_that_does_not_accept_in_time_is_an_outage_to
     assert stats[DOWN] == 1
     warnings = _ours(caplog, logging.WARNING)
     assert len(warnings) == 1 and "TimeoutError" in warnings[0], warnings
+
+
+@pytest.mark.parametrize(
+    ("value", "read"), [(None, 60.0), ("2.5", 2.5), (0, 0.0), (-1, None), ("soon", None)]
+)
+def test_promise_17_the_timeout_setting_is_checked_at_start(value, read):
+    from scrapy.settings import Settings
+
+    from scrapy_hexproxy._settings import HexProxyConfigError, read_settings
+
+    given = {"HEX_PROXY_GATEWAY": "http://127.0.0.1:7777", "HEX_PROXY_USER": "U"}
+    given["HEX_PROXY_PASS"] = PASSWORD
+    if value is not None:
+        given["HEX_PROXY_GATEWAY_DOWN_TIMEOUT"] = value
+    if read is None:
+        with pytest.raises(HexProxyConfigError, match=r"^HEX_PROXY_GATEWAY_DOWN_TIMEOUT "):
+            read_settings(Settings(given))
+    else:
+        assert read_settings(Settings(given)).gateway_down_timeout == read
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_17_a_timeout_of_0_waits_for_ever_and_a_close_releases_what_it_holds(
+    settings, gateway, caplog
+):
+    """0: no give-up; 1.5 s into the outage the engine is told to close (as Ctrl-C or a
+    CLOSESPIDER_* limit would): the held requests are released at once, counted."""
+    from scrapy.crawler import CrawlerRunner
+    from twisted.internet import reactor
+
+    from .conftest import CrawlResult
+
+    caplog.set_level(logging.INFO)
+    settings["HEX_PROXY_GATEWAY_DOWN_TIMEOUT"] = 0
+    runner = CrawlerRunner(settings)
+    result = CrawlResult(crawler=None)
+    crawler = runner.create_crawler(OutageSpider)
+    result.crawler = crawler
+    asked: list[float] = []
+
+    def close(crawler: Any) -> None:
+        asked.append(time.monotonic())
+        _scrapy.close_spider(crawler, "shutdown")
+
+    when(
+        crawler,
+        lambda c, runtime: runtime.core.gateway_down,
+        lambda c, runtime: reactor.callLater(1.5, close, c),
+    )
+    await runner.crawl(crawler, urls=urls(21), result=result, gateway=gateway, back_after=None)
+    closed = time.monotonic() - asked[0]
+    print(f"timeout 0, closed by the engine: {closed:.3f}s from the ask to the end")
+    stats = result.stats
+    assert result.finish_reason == "shutdown"
+    assert _ours(caplog, logging.ERROR) == []  # no give-up with 0
+    assert stats["hex_proxy/dropped_at_close"] == stats["downloader/exception_count"] > 0
+    assert stats[DOWN_SECONDS] >= 1.5
+    assert closed < 1.0
