@@ -74,6 +74,9 @@ pub struct Engine {
     /// Domain scope: a slot cooling for some host took a new id, which no host holds anything
     /// against, so requests waiting for that host may go now (see `take_released`).
     released: AtomicBool,
+    /// The gateway's own address cannot be reached (promise 17): no attempt is sent until a
+    /// probe of the runtime's finds it again. Never set with a proxy list.
+    gateway_down: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -139,6 +142,7 @@ impl Engine {
             rotates: identities.is_some(),
             epoch: AtomicU64::new(epoch),
             released: AtomicBool::new(false),
+            gateway_down: AtomicBool::new(false),
             config,
             clock,
             state: Mutex::new(State {
@@ -156,6 +160,23 @@ impl Engine {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Whether attempts go through one gateway (not a proxy list): then an address that
+    /// cannot be reached is the gateway's outage, not a session's failure.
+    pub fn has_gateway(&self) -> bool {
+        matches!(self.config.provider, Provider::Gateway(_))
+    }
+
+    /// Whether the gateway is down: requests are held, none is sent.
+    pub fn gateway_down(&self) -> bool {
+        self.gateway_down.load(Ordering::Relaxed)
+    }
+
+    /// The runtime found the gateway unreachable (`true`) or back (`false`).
+    pub fn set_gateway_down(&self, down: bool) {
+        self.gateway_down
+            .store(down && self.has_gateway(), Ordering::Relaxed);
     }
 
     pub fn ban_scope(&self) -> BanScope {

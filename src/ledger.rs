@@ -33,6 +33,12 @@ pub enum Outcome<'a> {
     /// A transport failure (connection, timeout, tunnel; class name `name`). `refused`: the
     /// status with which the proxy refused a CONNECT tunnel, when that is what it was.
     Transport { name: &'a str, refused: Option<u16> },
+    /// The proxy's own address could not be reached (connection refused, DNS failure, a
+    /// connect timeout; class name `name`): the attempt never got to the proxy. Through a
+    /// gateway that is the gateway's outage, nobody's failure, and the request is sent again
+    /// without spending a retry (promise 17); a listed proxy is the session itself, so there
+    /// it is that session's transport failure.
+    Unreachable { name: &'a str },
     /// Any other exception: a programming error, nobody's failure (unless a ban policy says
     /// it is a ban).
     Error,
@@ -118,6 +124,10 @@ pub struct Settlement<'a, E> {
     /// The ban policy's own error (it raised, or answered junk): the attempt was counted by
     /// the default rules, and the error goes to the errback.
     pub policy_error: Option<E>,
+    /// This call settled an attempt that never reached the gateway (`Outcome::Unreachable`):
+    /// nobody is blamed, no retry is spent, and the caller sends the request again once the
+    /// gateway answers.
+    pub resend: bool,
 }
 
 impl<E> Settlement<'_, E> {
@@ -128,6 +138,7 @@ impl<E> Settlement<'_, E> {
             why: None,
             status: None,
             policy_error,
+            resend: false,
         }
     }
 }
@@ -166,7 +177,21 @@ impl<'e> Ledger<'e> {
         if attempt.is_none() && role == Role::Proxy {
             return Ok(Settlement::pass(None, None));
         }
-        let outcome = read()?;
+        let outcome = match read()? {
+            // A listed proxy is the session: its address is judged as any transport failure.
+            Outcome::Unreachable { name } if !self.engine.has_gateway() => Outcome::Transport {
+                name,
+                refused: None,
+            },
+            outcome => outcome,
+        };
+        if let (Outcome::Unreachable { .. }, Some(_)) = (outcome, &attempt) {
+            // The gateway's outage: nobody's outcome, not a ban policy's to judge, and
+            // whichever role settles it resends the request.
+            let mut settlement = Settlement::pass(None, None);
+            settlement.resend = true;
+            return Ok(settlement);
+        }
         let banned = match attempt {
             // Settled already, by a middleware that may have left a ban verdict for us.
             None => policy && record.take_ban_note()?,
@@ -201,6 +226,7 @@ impl<'e> Ledger<'e> {
             why,
             status,
             policy_error,
+            resend: false,
         })
     }
 
@@ -258,7 +284,7 @@ impl<'e> Ledger<'e> {
                 _,
             ) => Event::Refusal(status),
             (Outcome::Error, Some(true)) => Event::Ban,
-            (Outcome::Error, _) => return Ok(None),
+            (Outcome::Error | Outcome::Unreachable { .. }, _) => return Ok(None),
         };
         let flags = match self
             .engine
@@ -467,6 +493,82 @@ mod tests {
             ),
             (Outcome::Unobserved { retried: false }, None),
         ]
+    }
+
+    #[test]
+    fn an_unreachable_gateway_is_nobodys_failure_and_is_resent_by_whoever_settles_it() {
+        let unreachable = Outcome::Unreachable {
+            name: "ConnectionRefusedError",
+        };
+        for order in [[Role::Proxy, Role::Retry], [Role::Retry, Role::Proxy]] {
+            let engine = engine();
+            let ledger = Ledger::new(&engine);
+            let mut meta = sent_on(3);
+            meta.retry.retry_times = 2;
+            let first = ledger
+                .settle(&mut meta, || Ok(unreachable), order[0], None)
+                .unwrap();
+            assert!(first.resend, "{order:?}");
+            assert_eq!(first.settled, None);
+            assert_eq!((first.retry, first.why), (Decision::Pass, None));
+            assert_eq!(meta.attempt, None, "settled: the token is gone");
+            let second = ledger
+                .settle(&mut meta, || Ok(unreachable), order[1], None)
+                .unwrap();
+            assert!(!second.resend, "resent once, by the first");
+            assert_eq!((second.retry, second.why), (Decision::Pass, None));
+            assert!(meta.failed.is_empty(), "no session to avoid: none failed");
+            assert!(engine.stats_snapshot().iter().all(|(key, _)| {
+                !key.starts_with("hex_proxy/failure/") && !key.starts_with("hex_proxy/retry")
+            }));
+        }
+        // The ban policy is not asked: an outage is nobody's verdict to give.
+        let engine = engine();
+        let ledger = Ledger::new(&engine);
+        let mut asked = false;
+        let mut judge = || -> Verdict<&'static str> {
+            asked = true;
+            Ok(Some(true))
+        };
+        let settlement = ledger
+            .settle(
+                &mut sent_on(1),
+                || Ok(unreachable),
+                Role::Retry,
+                Some(&mut judge),
+            )
+            .unwrap();
+        assert!(settlement.resend && !asked);
+    }
+
+    #[test]
+    fn an_unreachable_listed_proxy_is_that_sessions_transport_failure() {
+        let mut settings = example_settings();
+        settings.proxies = Some(vec![
+            ("HEX_PROXY_LIST item 1".into(), "http://127.0.0.1:1".into()),
+            ("HEX_PROXY_LIST item 2".into(), "http://127.0.0.1:2".into()),
+        ]);
+        settings.pool_size = 2;
+        let engine = Engine::new(settings.validate().unwrap(), Clock::manual(), Some(1));
+        assert!(!engine.has_gateway());
+        engine.set_gateway_down(true);
+        assert!(!engine.gateway_down(), "a list has no crawl-wide outage");
+        let ledger = Ledger::new(&engine);
+        let mut meta = sent_on(1);
+        let unreachable = Outcome::Unreachable {
+            name: "ConnectionRefusedError",
+        };
+        let settlement = ledger
+            .settle(&mut meta, || Ok(unreachable), Role::Retry, None)
+            .unwrap();
+        assert!(!settlement.resend);
+        assert_eq!(settlement.retry, Decision::Retry);
+        assert_eq!(
+            settlement.why,
+            Some(Why::Transport("ConnectionRefusedError"))
+        );
+        assert_eq!(stat(&engine, "hex_proxy/failure/ConnectionRefusedError"), 1);
+        assert_eq!(meta.failed, [1]);
     }
 
     #[test]

@@ -299,6 +299,14 @@ pub const LOGSTATS_INTERVAL: Setting = Setting {
     fallback: None,
     doc: "seconds between pool-health lines in the log; 0: none",
 };
+pub const GATEWAY_DOWN_TIMEOUT: Setting = Setting {
+    name: "HEX_PROXY_GATEWAY_DOWN_TIMEOUT",
+    key: None,
+    kind: Kind::Seconds { least: 0.0 },
+    default: Default::Seconds(60.0),
+    fallback: None,
+    doc: "seconds the gateway may stay unreachable before the crawl closes; 0: wait for ever",
+};
 pub const BAN_POLICY: Setting = Setting {
     name: "HEX_PROXY_BAN_POLICY",
     key: None,
@@ -353,6 +361,7 @@ pub static SETTINGS: &[Setting] = &[
     BIND_COOKIEJAR,
     USER_AGENTS,
     LOGSTATS_INTERVAL,
+    GATEWAY_DOWN_TIMEOUT,
     BAN_POLICY,
     MANUAL_CLOCK,
     SEED,

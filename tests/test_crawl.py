@@ -169,15 +169,14 @@ async def test_refused_connect_tunnel_is_retried_on_another_session_and_counted(
 
 
 @pytest_twisted.ensureDeferred
-async def test_refused_connection_is_retried_on_other_sessions_then_reaches_the_errback(
-    crawl, base_settings
+async def test_a_dropped_connection_is_retried_on_other_sessions_then_reaches_the_errback(
+    crawl, base_settings, hexproxy_gateway
 ):
-    with socket.socket() as sock:  # a loopback port with nobody listening
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    # The gateway reads each request and closes the connection. (A gateway that refuses
+    # connections is an outage, nobody's failure: tests/test_outage.py.)
+    hexproxy_gateway.set_default_behavior(Behavior.close())
     settings = {
         **base_settings,
-        "HEX_PROXY_GATEWAY": f"http://127.0.0.1:{port}",
         "HEX_PROXY_SESSION_POOL_SIZE": 10,
         "HEX_PROXY_MAX_FAILURES": 100,
         "HEX_PROXY_MAX_RETRIES": 3,

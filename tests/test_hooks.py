@@ -16,6 +16,7 @@ from scrapy.core.downloader.middleware import DownloaderMiddlewareManager
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.http import Headers, Response
 from scrapy.utils.defer import deferred_from_coro
+from twisted.internet.error import ConnectionLost
 from twisted.internet.error import ConnectionRefusedError as TxConnectionRefusedError
 
 from scrapy_hexproxy import HexProxyConfigError, HexProxyMiddleware, SmartRetryMiddleware, _core
@@ -135,7 +136,7 @@ def test_promise_4_outcome_of_an_attempt_we_never_saw_is_still_counted(hook_craw
         (407, "hex_proxy/failure/407"),
         (503, "hex_proxy/failure/503"),
         (599, "hex_proxy/failure/599"),
-        (TxConnectionRefusedError(), "hex_proxy/failure/ConnectionRefusedError"),
+        (ConnectionLost(), "hex_proxy/failure/ConnectionLost"),
         (OSError("reset"), "hex_proxy/failure/OSError"),
         (
             TunnelError("Could not open CONNECT tunnel [{'status': 403, 'reason': b'x'}]"),
@@ -166,10 +167,8 @@ def test_promise_5_scrapy_2_15_download_exceptions_are_failures(hook_crawler):
         n
         for n in (
             "DownloadFailedError",
-            "DownloadTimeoutError",
-            "DownloadConnectionRefusedError",
+            "DownloadTimeoutError",  # Scrapy's own, without a cause: not a connect timeout
             "ResponseDataLossError",
-            "CannotResolveHostError",
         )
         if hasattr(sx, n)
     ]
@@ -180,6 +179,35 @@ def test_promise_5_scrapy_2_15_download_exceptions_are_failures(hook_crawler):
         proxy.process_exception(request, getattr(sx, name)("boom"))
     stats = runtime_of(crawler).core.stats()
     assert all(stats[f"hex_proxy/failure/{name}"] == 1 for name in names)
+
+
+@pytest.mark.parametrize("settles", ["proxy", "retry"])
+def test_promise_17_a_refused_gateway_blames_nobody_spends_no_retry_and_holds_the_request(
+    hook_crawler, settles
+):
+    from scrapy_hexproxy._outage import HELD
+
+    crawler = hook_crawler()
+    proxy, retry = _pair(crawler)
+    runtime = runtime_of(crawler)
+    request = _send(proxy, retry_times=2)
+    try:
+        copy = (proxy if settles == "proxy" else retry).process_exception(
+            request, TxConnectionRefusedError()
+        )
+        assert isinstance(copy, Request) and copy is not request
+        assert copy.meta["retry_times"] == 2 and copy.dont_filter and copy.meta[HELD]
+        assert b"Proxy-Authorization" not in copy.headers
+        assert runtime.core.gateway_down
+        stats = runtime.core.stats()
+        assert not [k for k in stats if k.startswith(("hex_proxy/failure/", "hex_proxy/retry"))]
+        # While it is down, a new request is handed back to be held, not sent.
+        fresh = Request("http://site.test/new")
+        assert proxy.process_request(fresh) is fresh and fresh.meta[HELD]
+        assert "proxy" not in fresh.meta and b"Proxy-Authorization" not in fresh.headers
+    finally:
+        runtime.close_begun()  # stops the probe
+    assert not runtime.core.gateway_down
 
 
 def test_promise_5_programming_errors_and_other_statuses_are_not_failures(hook_crawler):
@@ -281,7 +309,7 @@ def test_promise_8_retry_codes_exceptions_and_dont_retry(hook_crawler):
     response = Response(request.url, status=503, request=request)
     assert retry.process_response(request, response) is response
     request = _send(proxy)
-    assert isinstance(retry.process_exception(request, TxConnectionRefusedError()), Request)
+    assert isinstance(retry.process_exception(request, ConnectionLost()), Request)
     request = _send(proxy)
     assert retry.process_exception(request, KeyError("bug")) is None
 
@@ -303,7 +331,7 @@ def test_promise_8_out_of_retries_the_last_response_goes_to_the_spider(hook_craw
     last = Response(request.url, status=503, request=request)
     assert retry.process_response(request, last) is last
     request = _send(proxy, retry_times=2, **meta)
-    assert retry.process_exception(request, TxConnectionRefusedError()) is None  # to the errback
+    assert retry.process_exception(request, ConnectionLost()) is None  # to the errback
     stats = runtime_of(crawler).core.stats()
     assert stats["hex_proxy/retry"] == 2
     assert stats["hex_proxy/retry/max_exceeded"] == 2

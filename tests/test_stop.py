@@ -154,7 +154,7 @@ def test_promise_14_one_sigint_releases_requests_waiting_for_a_session_at_once_n
     assert stats["hex_proxy/dropped_at_close"] == 16
     assert stats["finish_reason"] == "shutdown"
     assert err.count("requests waiting for a session") == 1
-    assert "16 requests waiting for a session and 0 retries" in err
+    assert "16 requests waiting for a session or the gateway and 0 retries" in err
 
 
 def _held_settings(base_settings: dict[str, Any], **more: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Native core of scrapy_hexproxy: the session pool, retry policy and stats."""
 
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, Protocol, TypedDict, final
 
 from scrapy import Request, Spider
@@ -248,6 +248,17 @@ class Core:
         """Seconds until a session is live again (for ``host`` in domain scope); 0.0 when one is
         live now."""
 
+    @property
+    def gateway_down(self) -> bool:
+        """Whether the gateway is down (promise 17): the hooks hold every request. Setting it
+        with a proxy list leaves it false."""
+
+    @gateway_down.setter
+    def gateway_down(self, down: bool) -> None: ...
+    @property
+    def has_gateway(self) -> bool:
+        """Whether attempts go through one gateway (not a proxy list)."""
+
     def take_released(self) -> bool:
         """Whether a cooldown ended early since the last call (domain scope: a slot cooling for
         some host took a new id, in ``pick`` or ``forget``): then wake the waiting requests."""
@@ -364,6 +375,8 @@ class _Probes(Protocol):
     def tunnel_error(self) -> type[BaseException]: ...
     @property
     def transport_exceptions(self) -> tuple[type[BaseException], ...]: ...
+    @property
+    def unreachable(self) -> Callable[[BaseException], bool]: ...
 
 class _Runtime(Protocol):
     """What the hooks need of ``scrapy_hexproxy._runtime.Runtime``."""
@@ -393,14 +406,15 @@ class ProxyHooks:
 
     The subclass keeps the runtime in ``self._runtime``; the hooks read its ``hooks`` and call
     its ``report`` (a blacklist, a rejected proxy, the stop), ``wait_and_assign``,
-    ``wait_until_due`` and ``wake`` on the rare paths, and with a ban policy its
+    ``wait_until_due``, ``wake``, ``hold_for_gateway`` and ``gateway_unreachable`` on the
+    rare paths, and with a ban policy its
     ``response_is_ban`` and ``exception_is_ban`` (and ``bad_verdict``).
     """
 
     def __new__(cls, runtime: _Runtime, *args: Any, **kwargs: Any) -> Self: ...
     def process_request(
         self, request: Request, spider: Spider | None = None
-    ) -> Coroutine[Any, Any, None] | None:
+    ) -> Coroutine[Any, Any, None] | Request | None:
         """Give the attempt a session: ``meta["proxy"]``, ``meta["hex_session"]``, the attempt
         token and the ``Proxy-Authorization`` header; with ``bind_cookiejar``,
         ``meta["cookiejar"]`` (the session id) unless the user chose the jar; with
@@ -408,8 +422,10 @@ class ProxyHooks:
         attempt whose outcome never reached us is settled first. With no live session, return
         the runtime's coroutine that waits for one. A paced retry that still carries
         ``NOT_BEFORE_KEY`` (it bypassed the scheduler) gets the runtime's coroutine that waits
-        until it is due, then does all this. A request with ``meta["hex_proxy"] = False`` gets
-        nothing; what an earlier attempt of ours put on it is taken off."""
+        until it is due, then does all this. While ``Core.gateway_down``, return what the runtime's
+        ``hold_for_gateway`` returns (the request to hold, or a coroutine). A request with
+        ``meta["hex_proxy"] = False`` gets nothing; what an earlier attempt of ours put on it
+        is taken off."""
 
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
@@ -420,10 +436,12 @@ class ProxyHooks:
 
     def process_exception(
         self, request: Request, exception: BaseException, spider: Spider | None = None
-    ) -> None:
+    ) -> Request | None:
         """Settle the attempt on a download exception: a transport failure counts against the
         session (a refused CONNECT under the proxy's status), a programming error against
-        nobody; with a ban policy, its verdict decides."""
+        nobody; with a ban policy, its verdict decides. A gateway that could not be reached
+        (``_scrapy.unreachable``) is nobody's failure: return the runtime's
+        ``gateway_unreachable`` copy to send once it answers."""
 
     def scheduled(self, request: Request) -> None:
         """The engine scheduled ``request``: settle an attempt it still carries (a middleware

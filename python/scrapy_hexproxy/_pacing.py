@@ -259,49 +259,67 @@ class Pacer:
         A file of ours rather than the scheduler's queue: when the downloader is idle the
         engine closes the scheduler a few loop turns after the close begins, before any watch
         of ours could see it, while ``spider_closed`` always comes."""
+        parked = self.take_parked()
+        if not parked:
+            return 0, 0
+        if jobdir is None:
+            return len(parked), 0
+        return 0, save_held(self._crawler, self._core, jobdir, parked)
+
+    def take_parked(self) -> list[Request]:
+        """The spider closed: the parked retries, in due order (forgotten here), each still
+        marked with its due time; the handlers are disconnected."""
         self._cancel_timer()
         parked = [request for _, _, request in sorted(self._parked, key=lambda e: e[:2])]
         self._parked.clear()
         self.close_begun()
         for receiver, signal in self._receivers():
             self._crawler.signals.disconnect(receiver, signal=signal)
-        if not parked:
-            return 0, 0
-        if jobdir is None:
-            return len(parked), 0
-        now, wall = self._core.now(), time.time()
-        spider = late(self._crawler, "spider")
-        saved = []
-        for request in parked:
-            meta = request.meta
-            meta[NOT_BEFORE_WALL] = wall + max(0.0, meta.pop(NOT_BEFORE, now) - now)
-            record = request.to_dict(spider=spider)
-            record["headers"] = {  # never the credentials (promise 16)
-                k: v for k, v in record["headers"].items() if k.lower() != b"proxy-authorization"
-            }
-            saved.append(record)
-        path = os.path.join(jobdir, HELD_FILE)
-        with open(path + ".tmp", "wb") as out:
-            pickle.dump({"version": 1, "retries": saved}, out, protocol=4)
-        os.replace(path + ".tmp", path)
-        return 0, len(saved)
+        return parked
 
     def restore(self, jobdir: str) -> int:
-        """The spider opened on a JOBDIR: the retries a paused run saved go back to the engine,
-        marked on this run's clock with what is left of their wait (so they park again, or go
-        at once). Returns how many."""
-        path = os.path.join(jobdir, HELD_FILE)
-        if not os.path.exists(path):
-            return 0
-        with open(path, "rb") as held:
-            saved = pickle.load(held)["retries"]
-        os.remove(path)
-        engine, spider = late(self._crawler, "engine"), late(self._crawler, "spider")
-        wall = time.time()
-        for record in saved:
-            request = request_from_dict(record, spider=spider)
-            left = float(request.meta.pop(NOT_BEFORE_WALL, wall)) - wall
-            if left > 0:
-                request.meta[NOT_BEFORE] = self._core.now() + left
-            engine.crawl(request)
-        return len(saved)
+        """The spider opened on a JOBDIR: what a paused run saved goes back (``restore_held``)."""
+        return restore_held(self._crawler, self._core, jobdir)
+
+
+def save_held(crawler: Crawler, core: _core.Core, jobdir: str, held: list[Request]) -> int:
+    """Saves the requests we held at close in JOBDIR (``HELD_FILE``) for the next start: paced
+    retries with their due time (``NOT_BEFORE``) turned into wall-clock time, requests that
+    waited for the gateway with none. Never the credentials (promise 16). Returns how many."""
+    now, wall = core.now(), time.time()
+    spider = late(crawler, "spider")
+    saved = []
+    for request in held:
+        meta = request.meta
+        meta[NOT_BEFORE_WALL] = wall + max(0.0, meta.pop(NOT_BEFORE, now) - now)
+        record = request.to_dict(spider=spider)
+        record["headers"] = {  # never the credentials (promise 16)
+            k: v for k, v in record["headers"].items() if k.lower() != b"proxy-authorization"
+        }
+        saved.append(record)
+    path = os.path.join(jobdir, HELD_FILE)
+    with open(path + ".tmp", "wb") as out:
+        pickle.dump({"version": 1, "retries": saved}, out, protocol=4)
+    os.replace(path + ".tmp", path)
+    return len(saved)
+
+
+def restore_held(crawler: Crawler, core: _core.Core, jobdir: str) -> int:
+    """The spider opened on a JOBDIR: the requests a paused run saved (``save_held``) go back
+    to the engine, a paced retry marked on this run's clock with what is left of its wait (so
+    it parks again, or goes at once). Returns how many."""
+    path = os.path.join(jobdir, HELD_FILE)
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as held:
+        saved = pickle.load(held)["retries"]
+    os.remove(path)
+    engine, spider = late(crawler, "engine"), late(crawler, "spider")
+    wall = time.time()
+    for record in saved:
+        request = request_from_dict(record, spider=spider)
+        left = float(request.meta.pop(NOT_BEFORE_WALL, wall)) - wall
+        if left > 0 and core.paced:
+            request.meta[NOT_BEFORE] = core.now() + left
+        engine.crawl(request)
+    return len(saved)

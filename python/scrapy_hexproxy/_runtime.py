@@ -21,7 +21,8 @@ from . import _core, _scrapy
 from ._banpolicy import bad_verdict, build_ban_policy
 from ._jobdir import PoolStateFile
 from ._logstats import PoolHealth, warn_without_timeout
-from ._pacing import NOT_BEFORE, Pacer
+from ._outage import HELD, GatewayWatch
+from ._pacing import NOT_BEFORE, Pacer, restore_held, save_held
 from ._scrapy import engine_open
 from ._settings import (
     HexProxyConfigError,
@@ -114,6 +115,19 @@ class Runtime:
         if self.core.paced:
             self.pacer = Pacer(crawler, self.core, settings.core_kwargs["manual_clock"])
             self.pacer.on_hold = self._watch_close
+        #: The gateway's outages (promise 17); None with a proxy list, whose proxies are
+        #: each judged as a session.
+        self.outage: GatewayWatch | None = None
+        if settings.gateway is not None:
+            self.outage = GatewayWatch(
+                crawler,
+                self.core,
+                settings.gateway.host,
+                settings.gateway.port,
+                settings.gateway_down_timeout,
+            )
+            self.outage.on_hold = self._watch_close
+            self.outage.on_give_up = self._stop_for_unreachable_gateway
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
         #: The state both hook classes share (made last: it reads the attributes above).
         self.hooks = _core.HookState(self)
@@ -173,10 +187,40 @@ class Runtime:
         if self.closing:
             self._dropped_at_close += 1
             raise IgnoreRequest("scrapy-hexproxy: the spider closed during the backoff")
-        waiting = hooks.process_request(request)
-        if waiting is not None:
-            return await waiting
-        return None
+        return await _answer(hooks.process_request(request))
+
+    # -- the gateway's outage (promise 17) -----------------------------------------------
+
+    def gateway_unreachable(self, request: Request, exception: BaseException) -> Request:
+        """The ledger found this attempt's gateway unreachable (nobody blamed, no retry spent):
+        the gateway is down; the copy to hold until it answers."""
+        assert self.outage is not None  # the ledger says so only with a gateway
+        self.outage.went_down(exception)
+        return self.outage.mark(request.replace(dont_filter=True))
+
+    def hold_for_gateway(self, request: Request, hooks: Any) -> Any:
+        """``process_request`` while the gateway is down: the request, marked, for the engine
+        to reschedule (the watch's handler then parks it outside the downloader); if it came
+        back marked, it bypassed the scheduler (``engine.download()``): the coroutine that
+        waits here for the gateway, then gives it a session."""
+        assert self.outage is not None
+        if self.closing:
+            return self._released(request)
+        if request.meta.pop(HELD, False):
+            return self._wait_for_gateway(request, hooks)
+        return self.outage.mark(request)
+
+    async def _wait_for_gateway(self, request: Request, hooks: Any) -> Any:
+        assert self.outage is not None
+        self._watch_close()
+        if not await self.outage.wait():
+            self._dropped_at_close += 1
+            raise IgnoreRequest("scrapy-hexproxy: the spider closed while the gateway was down")
+        return await _answer(hooks.process_request(request))
+
+    def _stop_for_unreachable_gateway(self, reason: str) -> None:
+        _scrapy.close_spider(self.crawler, reason)
+        self.close_begun()
 
     def _forget(self, waiter: Deferred[None]) -> None:
         """A waiting download was cancelled: stop tracking it."""
@@ -216,7 +260,11 @@ class Runtime:
         engine = _scrapy.late(self.crawler, "engine")
         if engine is not None and not engine_open(engine):
             self.close_begun()
-        elif not self._waiters and (self.pacer is None or not self.pacer.holding):
+        elif (
+            not self._waiters
+            and (self.pacer is None or not self.pacer.holding)
+            and (self.outage is None or not self.outage.holding)
+        ):
             self._stop_close_poll()
 
     def _stop_close_poll(self) -> None:
@@ -233,6 +281,8 @@ class Runtime:
         self._stop_close_poll()
         if self.pacer is not None:
             self.pacer.close_begun()
+        if self.outage is not None:
+            self.outage.close_begun()
         self.wake()
 
     def _schedule_wake(self, host: str | None = None) -> None:
@@ -353,12 +403,13 @@ class Runtime:
 
     def _spider_opened(self, spider: Any = None) -> None:
         self.health.start()
-        if self.pacer is not None and self.jobdir is not None:
-            restored = self.pacer.restore(self.jobdir)
+        if self.jobdir is not None:
+            restored = restore_held(self.crawler, self.core, self.jobdir)
             if restored:
                 logger.info(
-                    "hex_proxy: %d paced retries saved by the paused crawl are back, each"
-                    " waiting what is left of its backoff",
+                    "hex_proxy: %d requests held by the paused crawl (paced retries, each"
+                    " waiting what is left of its backoff; requests that waited for the"
+                    " gateway) are back",
                     restored,
                 )
         if self.pool_state is not None:
@@ -368,25 +419,33 @@ class Runtime:
         self.close_begun()  # a close we did not see begin (nothing was held then)
         if self._wake_call is not None and self._wake_call.active():
             self._wake_call.cancel()
+        parked = [] if self.pacer is None else self.pacer.take_parked()
+        held = [] if self.outage is None else self.outage.close()
         retries = 0
-        if self.pacer is not None:
-            retries, saved = self.pacer.close(self.jobdir)
-            if saved:
-                logger.info(
-                    "hex_proxy: the spider closed (%s) with %d retries waiting for their"
-                    " backoff; they are saved in JOBDIR for the resume",
-                    reason,
-                    saved,
-                )
-            if retries:
-                # As Scrapy drops its scheduler's queue on close (without JOBDIR).
-                self.core.retries_dropped(retries)
+        if self.jobdir is not None and (parked or held):
+            saved = save_held(self.crawler, self.core, self.jobdir, parked + held)
+            logger.info(
+                "hex_proxy: the spider closed (%s) with %d retries waiting for their backoff"
+                " and %d requests waiting for the gateway; they are saved in JOBDIR for the"
+                " resume",
+                reason,
+                len(parked),
+                len(held),
+            )
+            assert saved == len(parked) + len(held)
+        elif parked:
+            retries = len(parked)
+            # As Scrapy drops its scheduler's queue on close (without JOBDIR).
+            self.core.retries_dropped(retries)
+        if self.jobdir is None:
+            # Counted with those that waited for a session (hex_proxy/dropped_at_close).
+            self._dropped_at_close += len(held)
         waiting = self._dropped_at_close
         if retries or waiting:
             logger.warning(
-                "hex_proxy: the spider closed (%s) with %d requests waiting for a session and"
-                " %d retries waiting for their backoff; they were dropped unsent (a JOBDIR"
-                " keeps them for the resume)",
+                "hex_proxy: the spider closed (%s) with %d requests waiting for a session or"
+                " the gateway and %d retries waiting for their backoff; they were dropped"
+                " unsent (a JOBDIR keeps them for the resume)",
                 reason,
                 waiting,
                 retries,
@@ -426,6 +485,14 @@ def _user_agent_values(
         tuple(agent.encode("ascii") for agent in settings.user_agents),
         default.encode("utf-8") if isinstance(default, str) and default else None,
     )
+
+
+async def _answer(answer: Any) -> Any:
+    """What ``process_request`` answered, awaited if it is a coroutine: None, a request, or
+    (once awaited) what the coroutine gave."""
+    if answer is None or not hasattr(answer, "__await__"):
+        return answer
+    return await answer
 
 
 def advance_clock(crawler: Crawler, seconds: float) -> None:

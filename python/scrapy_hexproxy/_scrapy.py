@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -47,6 +47,8 @@ class Probes:
     tunnel_error: type[BaseException]
     #: The exceptions that mean the attempt failed on the way (the session's fault, maybe).
     transport_exceptions: tuple[type[BaseException], ...]
+    #: Whether a transport failure says the proxy's own address could not be reached.
+    unreachable: Callable[[BaseException], bool]
 
 
 def probe() -> Probes:
@@ -62,6 +64,7 @@ def probe() -> Probes:
         auth_proxy_key=None if public else _auth_proxy_key(),
         tunnel_error=TunnelError,
         transport_exceptions=transport_exceptions(),
+        unreachable=unreachable,
     )
 
 
@@ -94,6 +97,45 @@ def transport_exceptions() -> tuple[type[BaseException], ...]:
         ResponseFailed,
         ResponseNeverReceived,
         OSError,
+    )
+
+
+def unreachable(exception: BaseException) -> bool:
+    """Whether a transport failure says the proxy's own address could not be reached, so the
+    attempt never got to it (promise 17): the connection was refused, the proxy's name did not
+    resolve, or the connection was not made in time. Not a drop or a timeout after connecting,
+    not the proxy's answer.
+
+    Twisted raises every failure to connect as a ``ConnectError`` (refused, no route, its
+    connect timeout ``TimeoutError()``, ...) and a failed lookup as ``DNSLookupError``; Scrapy
+    >= 2.15 wraps the refused and the lookup into ``DownloadConnectionRefusedError`` and
+    ``CannotResolveHostError``, and a Twisted timeout into ``DownloadTimeoutError`` with the
+    Twisted error as its ``__cause__``. Scrapy's own download timeout (the whole download took
+    too long, connected or not) is a ``TimeoutError`` with a message (Scrapy < 2.15), or a
+    ``DownloadTimeoutError`` without a cause: not this.
+    """
+    import scrapy.exceptions as scrapy_exceptions
+    from twisted.internet import error
+
+    if isinstance(exception, error.TimeoutError):
+        # Twisted's connect timeout says nothing more; Scrapy's says which URL took too long.
+        return getattr(exception, "osError", None) is None and not any(exception.args)
+    if isinstance(exception, (error.ConnectError, error.DNSLookupError)):
+        return True
+    wrapped = tuple(
+        getattr(scrapy_exceptions, name)
+        for name in ("DownloadConnectionRefusedError", "CannotResolveHostError")
+        if hasattr(scrapy_exceptions, name)
+    )
+    if wrapped and isinstance(exception, wrapped):
+        return True
+    timeout = getattr(scrapy_exceptions, "DownloadTimeoutError", None)
+    cause = exception.__cause__
+    return (
+        timeout is not None
+        and isinstance(exception, timeout)
+        and cause is not None
+        and unreachable(cause)
     )
 
 
@@ -207,6 +249,18 @@ def close_spider(crawler: Crawler, reason: str) -> Deferred[None] | None:
     if hasattr(engine, "close_spider_async"):  # Scrapy >= 2.14
         return deferred_from_coro(engine.close_spider_async(reason=reason))  # type: ignore[no-any-return]
     return engine.close_spider(crawler.spider, reason)  # type: ignore[no-any-return]
+
+
+def pause_engine(engine: Any, paused: bool) -> bool:
+    """Pause (or unpause) the engine's taking of requests from the scheduler, as the telnet
+    console's ``engine.pause()`` does; downloads under way go on. Returns whether it was
+    paused before."""
+    before = bool(getattr(engine, "paused", False))
+    if paused:
+        engine.pause()
+    else:
+        engine.unpause()
+    return before
 
 
 def engine_open(engine: Any) -> bool:

@@ -73,6 +73,8 @@ class HexSettings:
     retry_priority_adjust: int
     #: Seconds between pool-health lines in the log; 0: none.
     logstats_interval: float
+    #: Seconds the gateway may stay unreachable before the crawl closes; 0: for ever.
+    gateway_down_timeout: float
     #: The setting the proxy list came from (HEX_PROXY_LIST or HEX_PROXY_LIST_FILE), if any.
     proxy_list: str | None
     #: Whether HEX_PROXY_SESSION_POOL_SIZE was given (a list must then agree with it).
@@ -381,6 +383,7 @@ def read_settings(settings: Any) -> HexSettings:
         core_kwargs=core_kwargs,
         retry_priority_adjust=read_setting(settings, "HEX_PROXY_RETRY_PRIORITY_ADJUST"),
         logstats_interval=read_setting(settings, "HEX_PROXY_LOGSTATS_INTERVAL"),
+        gateway_down_timeout=read_setting(settings, "HEX_PROXY_GATEWAY_DOWN_TIMEOUT"),
         proxy_list=list_setting,
         pool_size_set=settings.get("HEX_PROXY_SESSION_POOL_SIZE") is not None,
         bind_cookiejar=read_setting(settings, "HEX_PROXY_BIND_COOKIEJAR"),

@@ -599,6 +599,8 @@ class Gateway:
             self._started = True
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
+            # So that restart() may bind the same port while old connections are in TIME_WAIT.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((HOST, self.port))
             listener.listen(128)
             listener.setblocking(False)
@@ -637,6 +639,16 @@ class Gateway:
         for conn in conns:
             if conn.thread is not None:
                 conn.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def restart(self) -> Gateway:
+        """Serve again on the same port after ``stop()`` (a gateway that came back from an
+        outage); records and behaviours are kept."""
+        with self._lock:
+            if not self._stopping:
+                raise RuntimeError("Gateway not stopped")
+            self._started = self._stopping = False
+        self._stop_event = threading.Event()
+        return self.start()
 
     def __enter__(self) -> Gateway:
         return self.start()

@@ -134,6 +134,23 @@ impl Core {
         self.engine.take_released()
     }
 
+    /// Whether the gateway is down (promise 17): the hooks hold every request.
+    #[getter]
+    fn get_gateway_down(&self) -> bool {
+        self.engine.gateway_down()
+    }
+
+    #[setter]
+    fn set_gateway_down(&self, down: bool) {
+        self.engine.set_gateway_down(down);
+    }
+
+    /// Whether attempts go through one gateway (not a proxy list).
+    #[getter]
+    fn has_gateway(&self) -> bool {
+        self.engine.has_gateway()
+    }
+
     // `retry_times` is the new copy's (1 for the first retry).
     #[pyo3(signature = (retry_times, retry_after = None))]
     fn retry_wait(&self, retry_times: i64, retry_after: Option<f64>) -> f64 {

@@ -368,7 +368,11 @@ fn exception_outcome<'a>(
 ) -> PyResult<Outcome<'a>> {
     Ok(match state.scrapy.transport_failure(exception)? {
         None => Outcome::Error,
-        Some((class, refused)) => {
+        Some((class, _, true)) => {
+            *name = class;
+            Outcome::Unreachable { name }
+        }
+        Some((class, refused, false)) => {
             *name = class;
             Outcome::Transport { name, refused }
         }
@@ -431,6 +435,13 @@ impl ProxyHooks {
                 runtime_of(owner)?.call_method1(intern!(py, "wait_until_due"), (request, slf))?,
             ));
         }
+        if state.core.get().engine().gateway_down() {
+            // Promise 17: nothing goes out while the gateway cannot be reached; the runtime
+            // holds the request (out of the downloader) until a probe finds it again.
+            return Ok(Some(
+                runtime_of(owner)?.call_method1(intern!(py, "hold_for_gateway"), (request, slf))?,
+            ));
+        }
         let host = state.target_host(request)?;
         if state.pick_and_assign(owner, request, &meta, host.as_deref())? {
             return Ok(None);
@@ -466,12 +477,12 @@ impl ProxyHooks {
     }
 
     #[pyo3(signature = (request, exception, spider = None))]
-    fn process_exception(
-        slf: &Bound<'_, Self>,
-        request: &Bound<'_, PyAny>,
-        exception: &Bound<'_, PyAny>,
-        spider: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
+    fn process_exception<'py>(
+        slf: &Bound<'py, Self>,
+        request: &Bound<'py, PyAny>,
+        exception: &Bound<'py, PyAny>,
+        spider: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let _ = spider;
         let state = slf.get().state.get();
         let meta = state.scrapy.meta(request)?;
@@ -486,9 +497,12 @@ impl ProxyHooks {
             Role::Proxy,
             judge,
         )?;
+        if settlement.resend {
+            return resend(slf.as_any(), request, exception).map(Some);
+        }
         match settlement.policy_error {
             Some(error) => Err(error),
-            None => hand_on(state, exception),
+            None => hand_on(state, exception).map(|()| None),
         }
     }
 
@@ -602,6 +616,9 @@ impl RetryHooks {
             Role::Retry,
             judge,
         )?;
+        if settlement.resend {
+            return resend(slf.as_any(), request, exception).map(Some);
+        }
         if let Some(error) = settlement.policy_error {
             return Err(error);
         }
@@ -617,6 +634,19 @@ impl RetryHooks {
             retry => Ok(retry),
         }
     }
+}
+
+/// The gateway could not be reached: the runtime marks it down and returns the copy to send
+/// once it answers (no retry spent, nobody blamed).
+fn resend<'py>(
+    owner: &Bound<'py, PyAny>,
+    request: &Bound<'py, PyAny>,
+    exception: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    runtime_of(owner)?.call_method1(
+        intern!(owner.py(), "gateway_unreachable"),
+        (request, exception),
+    )
 }
 
 /// The exception goes on to the next middleware and the errback as it is, unless its message

@@ -220,6 +220,9 @@ pub struct Scrapy {
     tunnel_error: Py<PyType>,
     /// The exceptions that mean an attempt failed on the way.
     transport: Py<PyTuple>,
+    /// `_scrapy.unreachable`: whether a transport failure says the proxy's own address could
+    /// not be reached (which exceptions, and in which form, is the Python wall's knowledge).
+    unreachable: Py<PyAny>,
 }
 
 impl Scrapy {
@@ -263,6 +266,7 @@ impl Scrapy {
                 .getattr("transport_exceptions")?
                 .cast_into::<PyTuple>()?
                 .unbind(),
+            unreachable: probes.getattr("unreachable")?.unbind(),
         })
     }
 
@@ -358,11 +362,12 @@ impl Scrapy {
     }
 
     /// What an exception says of the attempt: `None` for a programming error; else its class
-    /// name and, for a refused CONNECT, the proxy's status.
+    /// name, for a refused CONNECT the proxy's status, and whether the proxy's own address
+    /// could not be reached (refused, DNS, connect timeout).
     pub fn transport_failure(
         &self,
         exception: &Bound<'_, PyAny>,
-    ) -> PyResult<Option<(String, Option<u16>)>> {
+    ) -> PyResult<Option<(String, Option<u16>, bool)>> {
         let py = exception.py();
         if !exception.is_instance(self.transport.bind(py))? {
             return Ok(None);
@@ -373,7 +378,9 @@ impl Scrapy {
         } else {
             None
         };
-        Ok(Some((name, refused)))
+        let unreachable =
+            refused.is_none() && self.unreachable.bind(py).call1((exception,))?.is_truthy()?;
+        Ok(Some((name, refused, unreachable)))
     }
 
     /// HttpProxyMiddleware's meta key for the proxy a header belongs to, if found.
