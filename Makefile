@@ -31,6 +31,13 @@ venv_of = .venv-scrapy$(basename $(1))
 pip_into = $(PY) -m pip --python $(1)/bin/python install -q
 VENV_OLD := $(call venv_of,$(OLDEST))
 MINOR_VENVS := $(foreach v,$(MINORS),$(call venv_of,$(v)))
+# `make demo`'s venvs (see below): maturin alone, and what the demo runs.
+BUILD_VENV := .venv-build
+BUILD_PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BUILD_VENV)/bin/python -m pip
+DEMO_VENV := .venv-demo
+DEMO_DEPS := "scrapy==2.19.0"
+DEMO_WHEEL_DIR := target/wheels-demo
+DEMO_BUILD_LOG := target/demo-build.log
 
 .PHONY: all build-dev build-test wheel wheel-test test test-rust test-python test-python-old \
 	test-python-minors lint format demo bench clean
@@ -131,12 +138,34 @@ test-python-minors: wheel-test $(addsuffix /.ok,$(MINOR_VENVS))
 test: lint test-rust test-python test-python-old test-python-minors
 
 ## demo: a real crawl through the bundled loopback gateway, some sessions banned, some dropping
-demo: build-dev
-	$(PY) examples/demo.py
+demo: $(DEMO_VENV)/.ok
+	@echo "Building the release wheel (a few minutes the first time; output in $(DEMO_BUILD_LOG))"
+	@rm -rf $(DEMO_WHEEL_DIR) && mkdir -p target
+	@$(BUILD_VENV)/bin/maturin build --release -o $(DEMO_WHEEL_DIR) >$(DEMO_BUILD_LOG) 2>&1 \
+		|| { cat $(DEMO_BUILD_LOG); exit 1; }
+	@$(BUILD_PIP) --python $(DEMO_VENV)/bin/python install -q --force-reinstall --no-deps \
+		$(DEMO_WHEEL_DIR)/*.whl
+	@$(DEMO_VENV)/bin/python examples/demo.py
+
+# `make demo` runs in a venv of its own that holds only what the demo runs: Scrapy and the
+# package (a release wheel). The wheel is built with the maturin of .venv-build, a venv of
+# maturin alone, whose pip installs into the demo's venv (pip --python), so the demo's venv has
+# no pip, pytest, ruff or maturin of its own, and `make demo` prints no pip line.
+$(BUILD_VENV)/.ok: Makefile
+	$(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_PIP) install -q --upgrade pip
+	$(BUILD_PIP) install -q "maturin>=1.7,<2"
+	touch $@
+
+$(DEMO_VENV)/.ok: $(BUILD_VENV)/.ok
+	rm -rf $(DEMO_VENV)
+	$(PYTHON) -m venv --without-pip $(DEMO_VENV)
+	$(BUILD_PIP) --python $(DEMO_VENV)/bin/python install -q $(DEMO_DEPS)
+	touch $@
 
 ## bench: core (criterion), hook cycle, memory and build, end-to-end crawl; prints one table
 bench: build-dev
 	$(PY) benches/run.py
 
 clean:
-	rm -rf $(VENV) .venv-scrapy* target
+	rm -rf $(VENV) .venv-scrapy* $(BUILD_VENV) $(DEMO_VENV) target

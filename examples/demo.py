@@ -106,9 +106,6 @@ def main() -> int:
     ours.propagate = False
     crawler = process.create_crawler(ShopSpider)
     process.crawl(crawler, fetched=fetched)
-    # The gateway's certificate is self-signed for loopback: Scrapy (which does not verify by
-    # default) would warn about its hostname on every https page.
-    logging.getLogger("scrapy.core.downloader.tls").setLevel(logging.ERROR)
     process.start()
     gateway.stop()
 

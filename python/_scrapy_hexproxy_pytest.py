@@ -57,7 +57,10 @@ def hexproxy_settings(hexproxy_gateway: Gateway) -> dict[str, Any]:
         "HEX_PROXY_USER": hexproxy_gateway.user,
         "HEX_PROXY_PASS": hexproxy_gateway.password,
         "HEX_PROXY_SEED": SEED,
+        # No console listening during a test (Scrapy 2.19's remote control also warns that it
+        # needs the asyncio reactor when another runs).
         "TELNETCONSOLE_ENABLED": False,
+        "REMOTE_CONTROL_ENABLED": False,
         **_installed_reactor(),
         **_fingerprinter(),
     }

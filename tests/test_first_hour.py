@@ -21,7 +21,7 @@ from twisted.internet import task
 from scrapy_hexproxy import _runtime
 from scrapy_hexproxy.testing import Behavior, advance_clock
 
-from .conftest import urls
+from .conftest import runtime_of, urls
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -191,25 +191,36 @@ async def test_a_stalled_manual_clock_closes_the_crawl_with_one_error_naming_the
 async def test_a_manual_clock_that_moves_is_never_called_stalled(
     crawl, base_settings, hexproxy_gateway, monkeypatch
 ) -> None:
-    # The clock moves 1 s every 0.2 s of real time: sessions come back 0.4 s after each ban,
-    # longer than the stall limit without moves, so only the moves keep the watch off.
+    # Every first attempt gets a 503, which benches both sessions (for 5 s of the core's clock)
+    # and leaves every request waiting. The clock moves 1 s every 0.2 s of real time, so the
+    # sessions are back after 1 s or more: longer than the 0.3 s a clock may stand still.
     monkeypatch.setattr(_runtime, "MANUAL_CLOCK_STALL", 0.3)
-    hexproxy_gateway.set_default_behavior(Behavior.fail_for(0.5, status=503))
-    mover = None
+    hexproxy_gateway.set_default_behavior(Behavior.answer(503))
+    mover: task.LoopingCall | None = None
 
     def before(crawler: Any) -> None:
         nonlocal mover
-        mover = task.LoopingCall(advance_clock, crawler, 1.0)
-        crawler.signals.connect(
-            lambda spider: mover.start(0.2, now=False), signal=signals.spider_opened, weak=False
-        )
 
-    result = await crawl(_manual_clock(base_settings), urls(6), before=before)
-    if mover is not None and mover.running:
+        def tick() -> None:
+            if runtime_of(crawler).waiting:  # the sessions are benched: serve from now on
+                hexproxy_gateway.set_default_behavior(Behavior.normal())
+            advance_clock(crawler, 1.0)
+
+        def opened(spider: Any) -> None:
+            assert mover is not None
+            mover.start(0.2, now=False)
+
+        mover = task.LoopingCall(tick)
+        crawler.signals.connect(opened, signal=signals.spider_opened, weak=False)
+
+    settings = _manual_clock(base_settings, HEX_PROXY_BLACKLIST_COOLDOWN=5)
+    result = await crawl(settings, urls(6), before=before)
+    assert mover is not None
+    if mover.running:
         mover.stop()
     assert result.finish_reason == "finished"
     assert len(result.pages) == 6
-    assert hexproxy_gateway.count("s000") + hexproxy_gateway.count("s001") > 6  # some waited
+    assert result.stats["hex_proxy/blacklisted"] == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -220,4 +231,5 @@ async def test_https_through_the_test_gateway_logs_no_certificate_warning(
     targets = [*urls(20, "https"), "https://127.0.0.1:8443/page/x", "https://localhost/page/y"]
     result = await crawl({**base_settings, "CONCURRENT_REQUESTS": 8}, targets)
     assert sorted(p.status for p in result.pages) == [200] * 22
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    tls = [r for r in caplog.records if r.name.startswith("scrapy.core.downloader")]
+    assert [r.getMessage() for r in tls if r.levelno >= logging.WARNING] == []
