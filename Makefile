@@ -152,16 +152,18 @@ demo: $(DEMO_VENV)/.ok
 # maturin alone, whose pip installs into the demo's venv (pip --python), so the demo's venv has
 # no pip, pytest, ruff or maturin of its own, and `make demo` prints no pip line.
 $(BUILD_VENV)/.ok: Makefile
-	$(PYTHON) -m venv $(BUILD_VENV)
-	$(BUILD_PIP) install -q --upgrade pip
-	$(BUILD_PIP) install -q "maturin>=1.7,<2"
-	touch $@
+	@echo "Installing maturin into $(BUILD_VENV)"
+	@$(PYTHON) -m venv $(BUILD_VENV)
+	@$(BUILD_PIP) install -q --upgrade pip
+	@$(BUILD_PIP) install -q "maturin>=1.7,<2"
+	@touch $@
 
 $(DEMO_VENV)/.ok: $(BUILD_VENV)/.ok
-	rm -rf $(DEMO_VENV)
-	$(PYTHON) -m venv --without-pip $(DEMO_VENV)
-	$(BUILD_PIP) --python $(DEMO_VENV)/bin/python install -q $(DEMO_DEPS)
-	touch $@
+	@echo "Installing Scrapy into $(DEMO_VENV)"
+	@rm -rf $(DEMO_VENV)
+	@$(PYTHON) -m venv --without-pip $(DEMO_VENV)
+	@$(BUILD_PIP) --python $(DEMO_VENV)/bin/python install -q $(DEMO_DEPS)
+	@touch $@
 
 ## bench: core (criterion), hook cycle, memory and build, end-to-end crawl; prints one table
 bench: build-dev
