@@ -9,6 +9,12 @@ TEST_DEPS := "pytest>=8" "pytest-twisted>=1.14" "pytest-timeout>=2.3"
 # mypy-zope: Twisted declares its interfaces with zope.interface, which mypy reads only with it.
 LINT_DEPS := "ruff==0.17.6" "mypy==2.4.1" "mypy-zope==1.0.17"
 WHEEL_DIR := target/wheels
+ZIG := "ziglang==0.17.1"
+# maturin finds zig as `python -m ziglang` of the python on PATH: .venv's.
+WHEEL_BUILD := PATH="$(abspath $(VENV))/bin:$$PATH" CARGO_TARGET_DIR=target/manylinux \
+	$(MATURIN) build -q --zig --compatibility manylinux2014 --strip
+# `make wheel-check`'s venv: nothing but the wheel and what pip installs with it.
+CHECK_VENV := target/wheel-check-venv
 # `make test` builds with the cargo profile `ci` (Cargo.toml: release without fat LTO), into
 # target/ci; the shipped wheels, `make demo` and `make bench` with release.
 TEST_PROFILE := ci
@@ -39,8 +45,8 @@ DEMO_DEPS := "scrapy==2.19.0"
 DEMO_WHEEL_DIR := target/wheels-demo
 DEMO_BUILD_LOG := target/demo-build.log
 
-.PHONY: all build-dev build-test wheel wheel-test test test-rust test-python test-python-old \
-	test-python-minors lint format demo bench clean
+.PHONY: all build-dev build-test wheel wheel-test wheel-check test test-rust test-python \
+	test-python-old test-python-minors lint format demo bench clean
 
 all: build-dev
 
@@ -71,18 +77,35 @@ build-test: $(VENV)/.ok
 	$(DEVELOP) --profile $(TEST_PROFILE)
 
 ## wheel: two abi3 wheels: cp310-abi3 for CPython >= 3.10 (hooks called with METH_FASTCALL),
-## and cp39-abi3 for 3.9 (pip ranks cp310-abi3 first wherever both fit)
-wheel: $(VENV)/.ok
+## and cp39-abi3 for 3.9 (pip ranks cp310-abi3 first wherever both fit); manylinux2014, stripped
+wheel: $(VENV)/.zig
 	rm -rf $(WHEEL_DIR)
-	$(MATURIN) build --release -q -o $(WHEEL_DIR)
-	$(MATURIN) build --release -q --features py39 -o $(WHEEL_DIR)
+	$(WHEEL_BUILD) --release -o $(WHEEL_DIR)
+	$(WHEEL_BUILD) --release --features py39 -o $(WHEEL_DIR)
 
-## wheel-test: the same two wheels with the `ci` profile, into target/wheels-ci. After
-## build-test, the cp310-abi3 one reuses its build (same profile and features).
-wheel-test: $(VENV)/.ok
+## wheel-test: the same two wheels with the `ci` profile, into target/wheels-ci (the Scrapy
+## 2.11 ... 2.18 tests install them)
+wheel-test: $(VENV)/.zig
 	rm -rf $(TEST_WHEEL_DIR)
-	$(MATURIN) build --profile $(TEST_PROFILE) -q -o $(TEST_WHEEL_DIR)
-	$(MATURIN) build --profile $(TEST_PROFILE) -q --features py39 -o $(TEST_WHEEL_DIR)
+	$(WHEEL_BUILD) --profile $(TEST_PROFILE) -o $(TEST_WHEEL_DIR)
+	$(WHEEL_BUILD) --profile $(TEST_PROFILE) --features py39 -o $(TEST_WHEEL_DIR)
+
+## wheel-check: both test wheels' tags, glibc symbols (none above 2.17), stripping and
+## metadata; then the cp310-abi3 one installed by pip into a new, empty venv, with what it
+## pulls in, crawls through the loopback gateway
+wheel-check: wheel-test
+	rm -rf $(CHECK_VENV)
+	$(PYTHON) -m venv --without-pip $(CHECK_VENV)
+	$(call pip_into,$(CHECK_VENV)) $(TEST_WHEEL_DIR)/*-cp310-abi3-*.whl
+	cd $(CHECK_VENV) && bin/python $(abspath tests/check_wheel.py) $(abspath $(TEST_WHEEL_DIR))/*.whl
+
+# Wheels for glibc 2.17 and later (manylinux2014: Debian 8, Ubuntu 14.04, RHEL 7 and later):
+# linked by zig (PyPI's ziglang, which maturin runs) against glibc 2.17's symbols, and
+# stripped. In a cargo target dir of their own: with zig as the linker cargo rebuilds every
+# crate, and would each time these builds alternated with `make build-test`'s.
+$(VENV)/.zig: $(VENV)/.ok
+	$(PY) -m pip install -q $(ZIG)
+	touch $@
 
 ## lint: rustfmt, clippy, ruff; mypy --strict on the package, and stubtest of _core.pyi
 ## against the built module (hence a build first)
@@ -134,8 +157,8 @@ test-python-minors: wheel-test $(addsuffix /.ok,$(MINOR_VENVS))
 	$(foreach v,$(MINORS),$(call test_minor,$(v)))
 
 ## test: lint, Rust tests, the Python suite on Scrapy 2.19.0 and 2.11.2 under both reactors,
-## and the hook and crawl tests on 2.12 ... 2.18
-test: lint test-rust test-python test-python-old test-python-minors
+## the hook and crawl tests on 2.12 ... 2.18, and the wheel installed into an empty venv
+test: lint test-rust test-python test-python-old test-python-minors wheel-check
 
 ## demo: a real crawl through the bundled loopback gateway, some sessions banned, some dropping
 demo: $(DEMO_VENV)/.ok
