@@ -9,6 +9,12 @@ TEST_DEPS := "pytest>=8" "pytest-twisted>=1.14" "pytest-timeout>=2.3"
 # mypy-zope: Twisted declares its interfaces with zope.interface, which mypy reads only with it.
 LINT_DEPS := "ruff==0.17.6" "mypy==2.4.1" "mypy-zope==1.0.17"
 WHEEL_DIR := target/wheels
+ZIG := "ziglang==0.17.1"
+# maturin finds zig as `python -m ziglang` of the python on PATH: .venv's.
+WHEEL_BUILD := PATH="$(abspath $(VENV))/bin:$$PATH" CARGO_TARGET_DIR=target/manylinux \
+	$(MATURIN) build -q --zig --compatibility manylinux2014 --strip
+# `make wheel-check`'s venv: nothing but the wheel and what pip installs with it.
+CHECK_VENV := target/wheel-check-venv
 # `make test` builds with the cargo profile `ci` (Cargo.toml: release without fat LTO), into
 # target/ci; the shipped wheels, `make demo` and `make bench` with release.
 TEST_PROFILE := ci
@@ -31,9 +37,16 @@ venv_of = .venv-scrapy$(basename $(1))
 pip_into = $(PY) -m pip --python $(1)/bin/python install -q
 VENV_OLD := $(call venv_of,$(OLDEST))
 MINOR_VENVS := $(foreach v,$(MINORS),$(call venv_of,$(v)))
+# `make demo`'s venvs (see below): maturin alone, and what the demo runs.
+BUILD_VENV := .venv-build
+BUILD_PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BUILD_VENV)/bin/python -m pip
+DEMO_VENV := .venv-demo
+DEMO_DEPS := "scrapy==2.19.0"
+DEMO_WHEEL_DIR := target/wheels-demo
+DEMO_BUILD_LOG := target/demo-build.log
 
-.PHONY: all build-dev build-test wheel wheel-test test test-rust test-python test-python-old \
-	test-python-minors lint format demo bench clean
+.PHONY: all build-dev build-test wheel wheel-test wheel-check test test-rust test-python \
+	test-python-old test-python-minors lint format demo bench clean
 
 all: build-dev
 
@@ -64,18 +77,35 @@ build-test: $(VENV)/.ok
 	$(DEVELOP) --profile $(TEST_PROFILE)
 
 ## wheel: two abi3 wheels: cp310-abi3 for CPython >= 3.10 (hooks called with METH_FASTCALL),
-## and cp39-abi3 for 3.9 (pip ranks cp310-abi3 first wherever both fit)
-wheel: $(VENV)/.ok
+## and cp39-abi3 for 3.9 (pip ranks cp310-abi3 first wherever both fit); manylinux2014, stripped
+wheel: $(VENV)/.zig
 	rm -rf $(WHEEL_DIR)
-	$(MATURIN) build --release -q -o $(WHEEL_DIR)
-	$(MATURIN) build --release -q --features py39 -o $(WHEEL_DIR)
+	$(WHEEL_BUILD) --release -o $(WHEEL_DIR)
+	$(WHEEL_BUILD) --release --features py39 -o $(WHEEL_DIR)
 
-## wheel-test: the same two wheels with the `ci` profile, into target/wheels-ci. After
-## build-test, the cp310-abi3 one reuses its build (same profile and features).
-wheel-test: $(VENV)/.ok
+## wheel-test: the same two wheels with the `ci` profile, into target/wheels-ci (the Scrapy
+## 2.11 ... 2.18 tests install them)
+wheel-test: $(VENV)/.zig
 	rm -rf $(TEST_WHEEL_DIR)
-	$(MATURIN) build --profile $(TEST_PROFILE) -q -o $(TEST_WHEEL_DIR)
-	$(MATURIN) build --profile $(TEST_PROFILE) -q --features py39 -o $(TEST_WHEEL_DIR)
+	$(WHEEL_BUILD) --profile $(TEST_PROFILE) -o $(TEST_WHEEL_DIR)
+	$(WHEEL_BUILD) --profile $(TEST_PROFILE) --features py39 -o $(TEST_WHEEL_DIR)
+
+## wheel-check: both test wheels' tags, glibc symbols (none above 2.17), stripping and
+## metadata; then the cp310-abi3 one installed by pip into a new, empty venv, with what it
+## pulls in, crawls through the loopback gateway
+wheel-check: wheel-test
+	rm -rf $(CHECK_VENV)
+	$(PYTHON) -m venv --without-pip $(CHECK_VENV)
+	$(call pip_into,$(CHECK_VENV)) $(TEST_WHEEL_DIR)/*-cp310-abi3-*.whl
+	cd $(CHECK_VENV) && bin/python $(abspath tests/check_wheel.py) $(abspath $(TEST_WHEEL_DIR))/*.whl
+
+# Wheels for glibc 2.17 and later (manylinux2014: Debian 8, Ubuntu 14.04, RHEL 7 and later):
+# linked by zig (PyPI's ziglang, which maturin runs) against glibc 2.17's symbols, and
+# stripped. In a cargo target dir of their own: with zig as the linker cargo rebuilds every
+# crate, and would each time these builds alternated with `make build-test`'s.
+$(VENV)/.zig: $(VENV)/.ok
+	$(PY) -m pip install -q $(ZIG)
+	touch $@
 
 ## lint: rustfmt, clippy, ruff; mypy --strict on the package, and stubtest of _core.pyi
 ## against the built module (hence a build first)
@@ -127,16 +157,40 @@ test-python-minors: wheel-test $(addsuffix /.ok,$(MINOR_VENVS))
 	$(foreach v,$(MINORS),$(call test_minor,$(v)))
 
 ## test: lint, Rust tests, the Python suite on Scrapy 2.19.0 and 2.11.2 under both reactors,
-## and the hook and crawl tests on 2.12 ... 2.18
-test: lint test-rust test-python test-python-old test-python-minors
+## the hook and crawl tests on 2.12 ... 2.18, and the wheel installed into an empty venv
+test: lint test-rust test-python test-python-old test-python-minors wheel-check
 
 ## demo: a real crawl through the bundled loopback gateway, some sessions banned, some dropping
-demo: build-dev
-	$(PY) examples/demo.py
+demo: $(DEMO_VENV)/.ok
+	@echo "Building the release wheel (a few minutes the first time; output in $(DEMO_BUILD_LOG))"
+	@rm -rf $(DEMO_WHEEL_DIR) && mkdir -p target
+	@$(BUILD_VENV)/bin/maturin build --release -o $(DEMO_WHEEL_DIR) >$(DEMO_BUILD_LOG) 2>&1 \
+		|| { cat $(DEMO_BUILD_LOG); exit 1; }
+	@$(BUILD_PIP) --python $(DEMO_VENV)/bin/python install -q --force-reinstall --no-deps \
+		$(DEMO_WHEEL_DIR)/*.whl
+	@$(DEMO_VENV)/bin/python examples/demo.py
+
+# `make demo` runs in a venv of its own that holds only what the demo runs: Scrapy and the
+# package (a release wheel). The wheel is built with the maturin of .venv-build, a venv of
+# maturin alone, whose pip installs into the demo's venv (pip --python), so the demo's venv has
+# no pip, pytest, ruff or maturin of its own, and `make demo` prints no pip line.
+$(BUILD_VENV)/.ok: Makefile
+	@echo "Installing maturin into $(BUILD_VENV)"
+	@$(PYTHON) -m venv $(BUILD_VENV)
+	@$(BUILD_PIP) install -q --upgrade pip
+	@$(BUILD_PIP) install -q "maturin>=1.7,<2"
+	@touch $@
+
+$(DEMO_VENV)/.ok: $(BUILD_VENV)/.ok
+	@echo "Installing Scrapy into $(DEMO_VENV)"
+	@rm -rf $(DEMO_VENV)
+	@$(PYTHON) -m venv --without-pip $(DEMO_VENV)
+	@$(BUILD_PIP) --python $(DEMO_VENV)/bin/python install -q $(DEMO_DEPS)
+	@touch $@
 
 ## bench: core (criterion), hook cycle, memory and build, end-to-end crawl; prints one table
 bench: build-dev
 	$(PY) benches/run.py
 
 clean:
-	rm -rf $(VENV) .venv-scrapy* target
+	rm -rf $(VENV) .venv-scrapy* $(BUILD_VENV) $(DEMO_VENV) target

@@ -3,7 +3,7 @@
 Some sessions are banned (403 / 429, or a captcha page served with a 200, which a ban policy
 spots), one drops every connection, one fails for its first seconds; the middlewares blacklist
 the bad sessions and retry on others, after a short random backoff. A pool-health line is
-logged four times a second. Nothing leaves 127.0.0.1: the gateway answers as the origin for the
+logged every second. Nothing leaves 127.0.0.1: the gateway answers as the origin for the
 made-up shop.test site.
 """
 
@@ -85,7 +85,7 @@ def main() -> int:
         "HEX_PROXY_BAN_POLICY": CaptchaPolicy,
         "HEX_PROXY_RETRY_BACKOFF_BASE": 0.05,  # the n-th retry waits up to 0.05 * 2^n s
         "HEX_PROXY_RETRY_BACKOFF_MAX": 0.5,
-        "HEX_PROXY_LOGSTATS_INTERVAL": 0.25,  # the pool-health line (default: every 60 s)
+        "HEX_PROXY_LOGSTATS_INTERVAL": 1,  # the pool-health line (default: every 60 s; at least 1)
         "CONCURRENT_REQUESTS": 8,
         "DOWNLOAD_TIMEOUT": 5,
         "LOG_LEVEL": "WARNING",  # scrapy-hexproxy's INFO lines get their own handler below
@@ -106,9 +106,6 @@ def main() -> int:
     ours.propagate = False
     crawler = process.create_crawler(ShopSpider)
     process.crawl(crawler, fetched=fetched)
-    # The gateway's certificate is self-signed for loopback: Scrapy (which does not verify by
-    # default) would warn about its hostname on every https page.
-    logging.getLogger("scrapy.core.downloader.tls").setLevel(logging.ERROR)
     process.start()
     gateway.stop()
 

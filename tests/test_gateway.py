@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from scrapy_hexproxy.testing import Behavior, Gateway, Record
+from scrapy_hexproxy.testing import CAPTCHA_PAGE, Behavior, Gateway, Record, _parse_ban
 
 PASSWORD = "s3cret-Pa55"
 
@@ -384,6 +385,67 @@ def test_behavior_set_while_a_tunnel_is_open_applies_to_its_next_request(gw: Gat
     )
 
 
+# --------------------------------------------------------------------------- list proxies
+
+
+def _get_as(gw: Gateway, authorization: str | None) -> tuple[int, str | None]:
+    conn = connect(gw)
+    try:
+        headers = {} if authorization is None else {"Proxy-Authorization": authorization}
+        conn.request("GET", "http://site.test/page/1", headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheader("X-Hex-Session")
+    finally:
+        conn.close()
+
+
+def _basic(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def test_open_session_serves_the_unknown_and_checks_the_known() -> None:
+    with Gateway("USER", PASSWORD, accounts={"alice": "pw-a"}, open_session="open") as gw:
+        assert _get_as(gw, None) == (200, "open")
+        assert _get_as(gw, _basic("stranger", "anything")) == (200, "open")
+        assert _get_as(gw, "Bearer not-basic") == (200, "open")
+        assert _get_as(gw, _basic("alice", "pw-a")) == (200, "alice")
+        assert _get_as(gw, _basic("alice", "wrong"))[0] == 407
+        assert _get_as(gw, auth("s003")) == (200, "s003")
+        assert _get_as(gw, auth("s003", password="wrong"))[0] == 407
+        assert [(r.session, r.username, r.outcome) for r in gw.records] == [
+            ("open", None, "ok"),
+            ("open", "stranger", "ok"),
+            ("open", None, "ok"),
+            ("alice", "alice", "ok"),
+            ("alice", "alice", "auth"),
+            ("s003", "USER-session-s003", "ok"),
+            ("s003", "USER-session-s003", "auth"),
+        ]
+
+
+@pytest.mark.parametrize("host", ["site.test", "127.0.0.1", "localhost", "10.1.2.3"])
+def test_the_tunnel_certificate_names_the_connect_host(gw: Gateway, host: str) -> None:
+    from cryptography import x509
+
+    conn = tunnel(gw, host=host)
+    try:
+        conn.request("GET", "/page/1")
+        assert conn.getresponse().status == 200
+        assert conn.sock is not None
+        der = conn.sock.getpeercert(binary_form=True)
+    finally:
+        conn.close()
+    names = (
+        x509.load_der_x509_certificate(der)
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
+    assert host in [*names.get_values_for_type(x509.DNSName)] + [
+        str(a) for a in names.get_values_for_type(x509.IPAddress)
+    ]
+
+
 # --------------------------------------------------------------------------- observation
 
 
@@ -501,7 +563,13 @@ def test_url_before_start_raises_and_double_start_raises() -> None:
 
 
 def test_pytest_plugin_fixtures(hexproxy_gateway: Gateway, hexproxy_settings: dict) -> None:
+    from twisted.internet import reactor
+
     assert hexproxy_settings["HEX_PROXY_GATEWAY"] == hexproxy_gateway.url
+    assert isinstance(hexproxy_settings["HEX_PROXY_SEED"], int)  # deterministic by default
+    # The reactor pytest-twisted installed, so that a CrawlerRunner accepts the settings.
+    module, _, name = hexproxy_settings["TWISTED_REACTOR"].rpartition(".")
+    assert type(reactor) is getattr(sys.modules[module], name)
     assert hexproxy_settings["DOWNLOADER_MIDDLEWARES"] == {
         "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
         "scrapy_hexproxy.HexProxyMiddleware": 350,
@@ -544,3 +612,164 @@ def test_command_line_serves_until_sigterm() -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("s001=403", ("s001", None, Behavior.answer(403))),
+        ("s001=429,Retry-After=30", ("s001", None, Behavior.answer(429, (("Retry-After", "30"),)))),
+        (
+            "s001=503,Retry-After=Wed, 21 Oct 2026 07:28:00 GMT,X-Why=test",
+            (
+                "s001",
+                None,
+                Behavior.answer(
+                    503, (("Retry-After", "Wed, 21 Oct 2026 07:28:00 GMT"), ("X-Why", "test"))
+                ),
+            ),
+        ),
+        ("s001=page", ("s001", None, Behavior.page(CAPTCHA_PAGE))),
+        ("s001=page,503", ("s001", None, Behavior.page(CAPTCHA_PAGE, 503))),
+        ("s001=echo", ("s001", None, Behavior.echo_credentials_in())),
+        ("s001=echo,401", ("s001", None, Behavior.echo_credentials_in(401))),
+        ("s001=close", ("s001", None, Behavior.close())),
+        ("s001=close,tunnel", ("s001", None, Behavior.close(tunnel=True))),
+        ("s001=hang", ("s001", None, Behavior.hang())),
+        ("s001=fail,5", ("s001", None, Behavior.fail_for(5))),
+        ("s001=fail,2.5,429", ("s001", None, Behavior.fail_for(2.5, status=429))),
+        ("s001=fail,5,close", ("s001", None, Behavior.fail_for(5, close=True))),
+        ("s001=ok", ("s001", None, Behavior.normal())),
+        ("*=503", (None, None, Behavior.answer(503))),
+        ("*@shop.test=403", (None, "shop.test", Behavior.answer(403))),
+        ("s002@shop.test=close", ("s002", "shop.test", Behavior.close())),
+    ],
+)
+def test_command_line_ban_makes_every_behavior(spec: str, expected: tuple) -> None:
+    assert _parse_ban(spec) == expected
+
+
+def test_command_line_ban_page_reads_a_file(tmp_path) -> None:
+    page = tmp_path / "block.html"
+    page.write_text("<html>blocked</html>", encoding="utf-8")
+    assert _parse_ban(f"s001=page,@{page}") == ("s001", None, Behavior.page("<html>blocked</html>"))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["s001", "=403", "s001@=403", "s001=teapot", "s001=403,nope", "s001=fail,x", "s001=hang,1"],
+)
+def test_command_line_ban_refuses_what_it_cannot_read(spec: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "scrapy_hexproxy.testing", "--ban", spec],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert repr(spec) in proc.stderr or "SESSION=BEHAVIOR" in proc.stderr
+
+
+def _serve_cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "scrapy_hexproxy.testing", "--password", PASSWORD, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+
+
+def _ask(cli: SimpleNamespace, method: str, path: str) -> object:
+    conn = connect(cli)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.getheader("Content-Type") == "application/json"
+        return json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_command_line_bans_logs_each_request_and_keeps_records_until_asked() -> None:
+    proc = _serve_cli(
+        "-v",
+        "--ban",
+        "s001=page",
+        "--ban",
+        "s002=429,Retry-After=30",
+        "--ban",
+        "*@shop.test=403",
+        "--ban",
+        "s003=close",
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        host, port = proc.stdout.readline().strip().removeprefix("http://").split(":")
+        cli = SimpleNamespace(host=host, port=int(port))
+        status, _, body = get(cli, session="s001")
+        assert (status, body.decode()) == (200, CAPTCHA_PAGE)
+        status, headers, _ = get(cli, session="s002")
+        assert (status, headers["Retry-After"]) == (429, "30")
+        assert get(cli, "http://shop.test/item/1", session="s004")[0] == 403
+        assert get(cli, "http://site.test/item/1", session="s004")[0] == 200
+        with pytest.raises(http.client.RemoteDisconnected):
+            get(cli, session="s003")
+        time.sleep(1.2)  # the gateway used to forget its records every 0.5 s
+        assert _ask(cli, "GET", "/_hexgate/counts") == {
+            "s001": 1,
+            "s002": 1,
+            "s004": 2,
+            "s003": 1,
+        }
+        records = _ask(cli, "GET", "/_hexgate/records")
+        assert isinstance(records, list)
+        assert [(r["session"], r["target"], r["outcome"]) for r in records] == [
+            ("s001", "http://site.test/page/3", "status:200"),
+            ("s002", "http://site.test/page/3", "status:429"),
+            ("s004", "http://shop.test/item/1", "status:403"),
+            ("s004", "http://site.test/item/1", "ok"),
+            ("s003", "http://site.test/page/3", "closed"),
+        ]
+        assert _ask(cli, "POST", "/_hexgate/reset") == {"reset": True}
+        assert _ask(cli, "GET", "/_hexgate/counts") == {}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        log = proc.stderr.read().splitlines()
+        assert log == [
+            "hexgate: s001 http GET http://site.test/page/3 -> status:200 (as USER-session-s001)",
+            "hexgate: s002 http GET http://site.test/page/3 -> status:429 (as USER-session-s002)",
+            "hexgate: s004 http GET http://shop.test/item/1 -> status:403 (as USER-session-s004)",
+            "hexgate: s004 http GET http://site.test/item/1 -> ok (as USER-session-s004)",
+            "hexgate: s003 http GET http://site.test/page/3 -> closed (as USER-session-s003)",
+        ]
+        assert PASSWORD not in "\n".join(log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_command_line_on_a_busy_port_says_so_in_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "scrapy_hexproxy.testing", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"hexgate: port {port} on 127.0.0.1 is already in use (another gateway?): choose another"
+        " with --port, or leave --port out for any free port"
+    ]

@@ -131,6 +131,11 @@ class Pacer:
         return len(self._parked)
 
     @property
+    def sleeping(self) -> int:
+        """How many requests sleep in the downloader for their backoff (``engine.download()``)."""
+        return len(self._sleepers)
+
+    @property
     def holding(self) -> bool:
         """Whether a retry is parked or a request sleeps in the downloader."""
         return bool(self._parked or self._sleepers)

@@ -49,6 +49,18 @@ DROPPED_AT_CLOSE = "hex_proxy/dropped_at_close"
 #: requests are done, and ours would wait for a cooldown), so the slot's ``closing`` is polled.
 CLOSE_POLL = 0.1
 
+#: Finish reason when a test's manual clock held every request for MANUAL_CLOCK_STALL seconds.
+CLOCK_STALLED_REASON = "hex_proxy_manual_clock_stalled"
+
+#: Seconds of real time that every request in the downloader may wait on a manual clock
+#: (HEX_PROXY_MANUAL_CLOCK) that nothing moves, before the crawl is closed as a test that forgot
+#: to call advance_clock: without this, such a test hangs for ever.
+MANUAL_CLOCK_STALL = 10.0
+
+#: The ERROR messages of crawls closed so, for the pytest plugin (_scrapy_hexproxy_pytest), which
+#: fails the test with them; it empties the list around each test.
+CLOCK_STALLS: list[str] = []
+
 
 class Runtime:
     """One per crawler; created by the first of the two middlewares to be built."""
@@ -101,6 +113,10 @@ class Runtime:
         #: With a JOBDIR what we hold at close is kept for the resume.
         self.jobdir: str | None = crawler.settings.get("JOBDIR") or None
         self._close_poll: Any = None
+        #: advance_clock() calls so far, and (calls, real time) when every request was last
+        #: seen waiting with that count: the manual clock's stall watch (see _check_stall).
+        self.clock_moves = 0
+        self._stall_since: tuple[int, float] | None = None
         self._dropped_at_close = 0
         self.health = PoolHealth(
             self.core,
@@ -266,11 +282,46 @@ class Runtime:
             and (self.outage is None or not self.outage.holding)
         ):
             self._stop_close_poll()
+        elif self.settings.core_kwargs["manual_clock"]:
+            self._check_stall(engine)
+
+    def _check_stall(self, engine: Any) -> None:
+        """On a manual clock, a request we hold waits until the test moves the clock. If every
+        request in the downloader waits (and any paced retry is parked) while the clock stays
+        put for MANUAL_CLOCK_STALL seconds of real time, nothing else can move it: the test
+        forgot to. Say so and close the spider, rather than hang."""
+        from twisted.internet import reactor
+
+        now = reactor.seconds()
+        in_downloader = _scrapy.downloading(engine) if engine is not None else None
+        sleeping = self.pacer.sleeping if self.pacer is not None else 0
+        everything_waits = (
+            in_downloader is not None and in_downloader <= len(self._waiters) + sleeping
+        )
+        since = self._stall_since
+        if not everything_waits or since is None or since[0] != self.clock_moves:
+            self._stall_since = (self.clock_moves, now) if everything_waits else None
+            return
+        if now - since[1] < MANUAL_CLOCK_STALL:
+            return
+        retries = sleeping + (self.pacer.parked if self.pacer is not None else 0)
+        message = (
+            f"hex_proxy: {len(self._waiters)} requests waiting for a session and {retries} paced"
+            f" retries have waited {MANUAL_CLOCK_STALL:g} s of real time on the manual clock"
+            " (HEX_PROXY_MANUAL_CLOCK = True), which nothing moved: a test must call"
+            " scrapy_hexproxy.testing.advance_clock(crawler, seconds) to end cooldowns and"
+            f" backoffs. Closing the spider ({CLOCK_STALLED_REASON})."
+        )
+        logger.error(message)
+        CLOCK_STALLS.append(message)
+        _scrapy.close_spider(self.crawler, CLOCK_STALLED_REASON)
+        self.close_begun()
 
     def _stop_close_poll(self) -> None:
         if self._close_poll is not None and self._close_poll.running:
             self._close_poll.stop()
         self._close_poll = None
+        self._stall_since = None
 
     def close_begun(self) -> None:
         """The spider began to close: release at once every request we hold, unsent (the
@@ -499,5 +550,6 @@ def advance_clock(crawler: Crawler, seconds: float) -> None:
     """Move the core's manual clock (``HEX_PROXY_MANUAL_CLOCK = True``); wake waiting requests."""
     runtime = Runtime.of(crawler)
     runtime.core.advance(seconds)
+    runtime.clock_moves += 1
     runtime.wake()
     runtime.health.clock_moved()

@@ -273,6 +273,16 @@ def engine_open(engine: Any) -> bool:
     return True
 
 
+def downloading(engine: Any) -> int | None:
+    """How many requests are in the engine's downloader (``downloader.active``, which holds
+    a request from the moment it enters the downloader middlewares); None if not readable."""
+    active = getattr(getattr(engine, "downloader", None), "active", None)
+    try:
+        return len(active)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def component_priorities(crawler: Crawler, name: str) -> Any:
     """The ``name`` setting (a component dict) merged with its ``_BASE``."""
     settings = crawler.settings

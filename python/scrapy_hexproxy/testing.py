@@ -5,10 +5,12 @@
 ``username_template``), lets a test script each session's behaviour (ban with a status, drop the
 connection, hang, fail for a while) and records every request. It can also play one proxy of a
 proxy list: ``accounts`` are further user/password pairs, each one session named after its user,
-and ``open_session`` serves requests without credentials. It never connects anywhere: it answers
-as the origin itself, for plain proxied requests (``GET http://site.test/page/3 HTTP/1.1``) and
-inside ``CONNECT`` tunnels, where it terminates TLS with a self-signed certificate (Scrapy does not
-verify certificates by default).
+and ``open_session`` serves requests without credentials (or with a username it does not know)
+as an open proxy would. It never connects anywhere: it answers as the origin itself, for plain
+proxied requests (``GET http://site.test/page/3 HTTP/1.1``) and inside ``CONNECT`` tunnels, where
+it terminates TLS with a self-signed certificate made for the CONNECT's host (so a client that
+checks the host name, as Scrapy does with a WARNING, finds it; Scrapy does not verify the issuer
+by default).
 
 It serves from daemon threads, not from the test's event loop, so it works under the asyncio
 reactor and the plain Twisted reactor alike::
@@ -41,10 +43,14 @@ once when a *reused* keep-alive connection drops, so with ``Behavior.close()`` o
 gateway may see two requests for one Scrapy attempt. ``Gateway(keep_alive=False)`` closes every
 connection after its answer, which makes counts exact.
 
-Command line (serves until SIGINT/SIGTERM, prints the URL on one line)::
+Command line (serves until SIGINT/SIGTERM, prints the URL on one line; ``--help`` for the
+behaviours ``--ban`` takes, every one of :class:`Behavior`'s)::
 
-    python -m scrapy_hexproxy.testing [--port N] [--user U] [--password P]
-        [--no-keep-alive] [--ban s001=403|close|hang ...]
+    python -m scrapy_hexproxy.testing [--port N] [--user U] [--password P] [--no-keep-alive]
+        [-v] [--ban SESSION[@HOST]=BEHAVIOR ...]
+
+What it received is kept until asked, in origin form: ``GET /_hexgate/counts``,
+``GET /_hexgate/records`` (JSON), ``POST /_hexgate/reset``.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ import binascii
 import hmac
 import html
 import http
+import json
 import logging
 import os
 import re
@@ -63,8 +70,9 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["Behavior", "Gateway", "Record", "advance_clock"]
@@ -77,6 +85,8 @@ _MAX_HEADERS = 200
 _MAX_BODY = 16 * 1024 * 1024
 _MAX_LINKS = 10_000
 _STOP_TIMEOUT = 1.0
+#: Requests in origin form under this path are asked of the gateway itself (see _control).
+CONTROL_PATH = "/_hexgate/"
 _TOKEN_CHARS = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
@@ -226,19 +236,28 @@ class Record:
 # --------------------------------------------------------------------------- TLS certificate
 
 _tls_lock = threading.Lock()
-_tls_context: ssl.SSLContext | None = None
+#: host -> a server context whose certificate names that host (see _server_tls_context).
+_tls_contexts: dict[str, ssl.SSLContext] = {}
+_tls_key: Any = None  # cryptography's EC private key, imported only once TLS is used
+#: Contexts kept at most; past that the cache starts afresh (a test crawls a few hosts).
+_TLS_CONTEXTS_MAX = 1024
 
 
-def _server_tls_context() -> ssl.SSLContext:
-    """A server context with a self-signed EC certificate, generated once per process."""
-    global _tls_context
+def _server_tls_context(host: str) -> ssl.SSLContext:
+    """A server context whose self-signed certificate is valid for ``host`` (the CONNECT's
+    target), made once per host and process. A client that checks the name it dialled against
+    the certificate (Scrapy does, and logs a WARNING on a mismatch, though it does not verify
+    the issuer) finds it; only the issuer is unknown."""
     with _tls_lock:
-        if _tls_context is None:
-            _tls_context = _make_tls_context()
-        return _tls_context
+        ctx = _tls_contexts.get(host)
+        if ctx is None:
+            if len(_tls_contexts) >= _TLS_CONTEXTS_MAX:
+                _tls_contexts.clear()
+            ctx = _tls_contexts[host] = _make_tls_context(host)
+        return ctx
 
 
-def _make_tls_context() -> ssl.SSLContext:
+def _make_tls_context(host: str) -> ssl.SSLContext:
     import datetime
     import ipaddress
 
@@ -247,7 +266,22 @@ def _make_tls_context() -> ssl.SSLContext:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    global _tls_key
+    if _tls_key is None:  # one key for every host's certificate
+        _tls_key = ec.generate_private_key(ec.SECP256R1())
+    key: ec.EllipticCurvePrivateKey = _tls_key
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address(HOST)),
+    ]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if host and host != "localhost" and host.isascii():
+            names.append(x509.DNSName(host))
+    else:
+        if str(address) != HOST:
+            names.append(x509.IPAddress(address))
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hexgate test origin")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
@@ -258,12 +292,7 @@ def _make_tls_context() -> ssl.SSLContext:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .sign(key, hashes.SHA256())
     )
     pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
@@ -526,6 +555,21 @@ def _origin_page(session: str, url: str) -> tuple[int, bytes, str]:
     return 200, body.encode("utf-8"), "text/html; charset=utf-8"
 
 
+def _record_fields(record: Record) -> dict[str, object]:
+    """A record as the control path's JSON gives it (``at`` is this process's monotonic clock,
+    meaningless elsewhere: left out)."""
+    return {
+        "session": record.session,
+        "kind": record.kind,
+        "method": record.method,
+        "target": record.target,
+        "outcome": record.outcome,
+        "username": record.username,
+        "user_agent": record.user_agent,
+        "cookie": record.cookie,
+    }
+
+
 def _origin_cookie(session: str, url: str) -> tuple[tuple[str, str], ...]:
     """The ``Set-Cookie`` header the origin adds for ``/cookie/NAME``: ``NAME=<session>``."""
     segs = urlsplit(url).path.split("/")
@@ -562,6 +606,7 @@ class Gateway:
         username_template: str = "{user}-session-{session}",
         accounts: Mapping[str, str] | None = None,
         open_session: str | None = None,
+        on_record: Callable[[Record], None] | None = None,
     ) -> None:
         self.user = user
         self._password = password
@@ -573,6 +618,8 @@ class Gateway:
         self._accounts = dict(accounts or {})
         # Requests without credentials are served as this session (an open proxy).
         self.open_session = open_session
+        # Called with each Record as it is made, on the serving thread (the command line's -v).
+        self.on_record = on_record
         self.port = port
         # False: "Connection: close" on every answer (see "Keep-alive and exact counts" above).
         self.keep_alive = keep_alive
@@ -759,6 +806,8 @@ class Gateway:
         )
         with self._lock:
             self._records.append(rec)
+        if self.on_record is not None:
+            self.on_record(rec)
 
     # -- serving
 
@@ -828,12 +877,24 @@ class Gateway:
                 return
 
     def _authenticate(self, req: _Request) -> tuple[str | None, str | None, bool]:
-        """(session, username, ok) from Proxy-Authorization."""
-        value = req.header("proxy-authorization")
-        if self.open_session is not None:
-            # Served whatever it says; the username is recorded, so a test sees any sent.
-            username = None if value is None else self._username_of(value)
+        """(session, username, ok) from Proxy-Authorization.
+
+        An account's username or the template's spelling of the gateway user is checked
+        against its password (a wrong one: 407). With ``open_session``, a request without
+        credentials, or with a username that is neither, is served as that session, as an open
+        proxy ignores what it does not ask for (the username is recorded)."""
+        session, username, ok = self._check_credentials(req.header("proxy-authorization"))
+        if self.open_session is not None and not ok and not self._known(username):
             return self.open_session, username, True
+        return session, username, ok
+
+    def _known(self, username: str | None) -> bool:
+        """Whether ``username`` is one whose password this gateway checks."""
+        return username is not None and (
+            username in self._accounts or self._username.fullmatch(username) is not None
+        )
+
+    def _check_credentials(self, value: str | None) -> tuple[str | None, str | None, bool]:
         if value is None:
             return None, None, False
         scheme, _, token = value.strip().partition(" ")
@@ -859,17 +920,10 @@ class Gateway:
         named = self._any_username.fullmatch(username)
         return (named.group("session") if named else None), username, False
 
-    @staticmethod
-    def _username_of(value: str) -> str | None:
-        scheme, _, token = value.strip().partition(" ")
-        try:
-            decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, ValueError):
-            return None
-        return decoded.partition(":")[0] if scheme.lower() == "basic" else None
-
     def _handle_proxied(self, conn: _Conn, req: _Request) -> bool:
         """Serve one plain proxied request; False when the connection must close."""
+        if req.target.startswith(CONTROL_PATH):
+            return self._control(conn, req)
         split = urlsplit(req.target)
         if split.scheme not in ("http", "https") or not split.netloc:
             self._record(None, "http", req.method, req.target, "bad_request", None)
@@ -892,6 +946,32 @@ class Gateway:
         assert session is not None
         behavior = self._action(session, split.hostname)
         return self._answer(conn, req, "http", session, username, req.target, close, behavior)
+
+    def _control(self, conn: _Conn, req: _Request) -> bool:
+        """A request to the gateway itself (origin form, ``/_hexgate/...``): what it recorded,
+        for a gateway run from the command line. Not recorded itself."""
+        close = req.wants_close() or not self.keep_alive
+        what = req.target[len(CONTROL_PATH) :]
+        body: object
+        if what == "counts" and req.method == "GET":
+            body = self.counts()
+        elif what == "records" and req.method == "GET":
+            body = [_record_fields(r) for r in self.records]
+        elif what == "reset" and req.method == "POST":
+            self.reset()
+            body = {"reset": True}
+        else:
+            conn.sock.sendall(
+                _response(
+                    404,
+                    b"hexgate: GET /_hexgate/counts, GET /_hexgate/records, POST /_hexgate/reset",
+                    close=close,
+                )
+            )
+            return not close
+        payload = json.dumps(body, indent=None).encode("utf-8")
+        conn.sock.sendall(_response(200, payload, content_type="application/json", close=close))
+        return not close
 
     def _answer(
         self,
@@ -1003,7 +1083,7 @@ class Gateway:
             return
         scheme = "http"
         if first == b"\x16" and not reader.buf:  # a TLS handshake record
-            ctx = _server_tls_context()
+            ctx = _server_tls_context(host.strip("[]").lower())
             with self._lock:
                 if self._stopping:
                     return
@@ -1056,29 +1136,110 @@ def advance_clock(crawler: object, seconds: float) -> None:
     advance(crawler, seconds)  # type: ignore[arg-type]
 
 
-def _parse_ban(text: str) -> tuple[str, Behavior]:
-    session, sep, what = text.partition("=")
-    if not sep or not session:
-        raise ValueError(f"expected SESSION=STATUS|close|hang, got {text!r}")
-    if what == "close":
-        return session, Behavior.close()
-    if what == "hang":
-        return session, Behavior.hang()
-    if what.isdigit():
-        return session, Behavior.answer(int(what))
-    raise ValueError(f"expected SESSION=STATUS|close|hang, got {text!r}")
+#: ``--ban SESSION=page``'s body: a captcha page served with a 200, which only a ban policy
+#: that reads the body calls a ban.
+CAPTCHA_PAGE = '<html><body><form id="captcha">Are you a robot?</form></body></html>'
+
+_BAN_FORMS = (
+    "STATUS[,HEADER=VALUE...] | page[,STATUS][,@FILE] | echo[,STATUS] | close[,tunnel] | hang"
+    " | fail,SECONDS[,STATUS|close] | ok"
+)
+
+
+def _parse_ban(text: str) -> tuple[str | None, str | None, Behavior]:
+    """``--ban``'s ``[SESSION|*][@HOST]=BEHAVIOR``: (session or None for every session, host or
+    None, the behaviour). Raises ValueError with what was expected."""
+    who, sep, what = text.partition("=")
+    session, _, host = who.partition("@")
+    if not sep or not session or (not host and "@" in who):
+        raise ValueError(
+            f"expected SESSION=BEHAVIOR (SESSION: an id, *, or either @HOST), got {text!r}"
+        )
+    try:
+        behavior = _parse_behavior(what)
+    except ValueError as exc:
+        raise ValueError(f"--ban {text!r}: {exc}; BEHAVIOR is {_BAN_FORMS}") from None
+    return (None if session == "*" else session), (host or None), behavior
+
+
+def _parse_behavior(what: str) -> Behavior:
+    kind, *rest = what.split(",")
+    if kind.isdigit():
+        headers: list[tuple[str, str]] = []
+        for part in rest:
+            name, sep, value = part.partition("=")
+            if sep and _is_token(name):
+                headers.append((name, value))
+            elif headers:  # a comma inside a value (an HTTP date): part of the last header
+                headers[-1] = (headers[-1][0], f"{headers[-1][1]},{part}")
+            else:
+                raise ValueError(f"expected HEADER=VALUE, got {part!r}")
+        return Behavior.answer(int(kind), tuple((n, v.strip()) for n, v in headers))
+    if kind == "page":
+        status, body = 200, CAPTCHA_PAGE
+        for part in rest:
+            if part.isdigit():
+                status = int(part)
+            elif part.startswith("@"):
+                with open(part[1:], encoding="utf-8") as f:
+                    body = f.read()
+            else:
+                raise ValueError(f"expected STATUS or @FILE, got {part!r}")
+        return Behavior.page(body, status)
+    if kind == "echo" and len(rest) <= 1 and all(p.isdigit() for p in rest):
+        return Behavior.echo_credentials_in(*(int(p) for p in rest))
+    if kind == "close" and rest in ([], ["tunnel"]):
+        return Behavior.close(tunnel=bool(rest))
+    if kind == "hang" and not rest:
+        return Behavior.hang()
+    if kind == "ok" and not rest:
+        return Behavior.normal()
+    if kind == "fail" and 1 <= len(rest) <= 2:
+        try:
+            seconds = float(rest[0])
+        except ValueError:
+            raise ValueError(f"expected SECONDS, got {rest[0]!r}") from None
+        then = rest[1] if len(rest) == 2 else None
+        if then == "close":
+            return Behavior.fail_for(seconds, close=True)
+        if then is None or then.isdigit():
+            return Behavior.fail_for(seconds, None if then is None else int(then))
+        raise ValueError(f"expected STATUS or close, got {then!r}")
+    raise ValueError(f"unknown behaviour {what!r}")
+
+
+def _port(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port, 0 ... 65535, got {text!r}")
+    return int(text)
+
+
+def _log_line(record: Record) -> str:
+    """``-v``'s line for one request (the username, never a password: none is recorded)."""
+    who = record.session or "-"
+    as_user = f" (as {record.username})" if record.username else ""
+    return (
+        f"hexgate: {who} {record.kind} {record.method} {record.target} -> {record.outcome}{as_user}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import errno
     import signal
+    import sys
 
     parser = argparse.ArgumentParser(
         prog="python -m scrapy_hexproxy.testing",
         description="Serve a loopback sticky-session proxy gateway on 127.0.0.1 until "
-        "SIGINT/SIGTERM; prints its URL on one line.",
+        "SIGINT/SIGTERM; prints its URL on one line. What it received stays until asked: "
+        f"GET {CONTROL_PATH}counts, GET {CONTROL_PATH}records (JSON), POST {CONTROL_PATH}reset.",
     )
-    parser.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    parser.add_argument(
+        "--port", type=_port, default=0, help="port, 0 ... 65535 (default 0: any free port)"
+    )
     parser.add_argument("--user", default="USER", help="gateway user (default: USER)")
     parser.add_argument(
         "--password",
@@ -1095,28 +1256,67 @@ def main(argv: list[str] | None = None) -> int:
         "--ban",
         action="append",
         default=[],
-        metavar="SESSION=STATUS|close|hang",
-        help="script a session's behaviour, e.g. --ban s001=403 (repeatable)",
+        metavar="SESSION=BEHAVIOR",
+        help="script a session's behaviour (repeatable); SESSION is a session id, or * for every"
+        " session without its own, either optionally @HOST for one target host; BEHAVIOR is "
+        + _BAN_FORMS.replace("%", "%%")
+        + f" (page without @FILE: a captcha page, {CAPTCHA_PAGE!r}). Examples: s001=403,"
+        " s002=429,Retry-After=30, s003=page, s004=close, s005=fail,5,503, *@shop.test=403",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log one line per request on stderr: session, kind, method, target, outcome",
     )
     args = parser.parse_args(argv)
     try:
         bans = [_parse_ban(b) for b in args.ban]
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         parser.error(str(exc))
     done = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         done.set()
 
+    def log(record: Record) -> None:
+        sys.stderr.write(_log_line(record) + "\n")
+        sys.stderr.flush()
+
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    gateway = Gateway(args.user, args.password, port=args.port, keep_alive=args.keep_alive)
-    for session, behavior in bans:
-        gateway.set_behavior(session, behavior)
-    with gateway:
+    gateway = Gateway(
+        args.user,
+        args.password,
+        port=args.port,
+        keep_alive=args.keep_alive,
+        on_record=log if args.verbose else None,
+    )
+    for session, host, behavior in bans:
+        if host is not None:
+            gateway.set_host_behavior(host, behavior, session)
+        elif session is None:
+            gateway.set_default_behavior(behavior)
+        else:
+            gateway.set_behavior(session, behavior)
+    try:
+        gateway.start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(
+                f"hexgate: port {args.port} on {HOST} is already in use (another gateway?):"
+                " choose another with --port, or leave --port out for any free port",
+                file=sys.stderr,
+            )
+        else:
+            print(f"hexgate: cannot listen on {HOST}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
         print(gateway.url, flush=True)
-        while not done.wait(0.5):
-            gateway.reset()  # nobody reads records here: keep memory flat in long benchmarks
+        while not done.wait(0.5):  # a timed wait: the signal handler runs in between
+            pass
+    finally:
+        gateway.stop()
     return 0
 
 
