@@ -105,7 +105,9 @@ async def test_promise_16_credentials_reach_neither_the_scheduler_nor_the_spider
         spider = result.crawler.spider
         # The gateway did see credentials (the pages came through sessions).
         assert {r.username for r in gateway.records if r.is_attempt} >= {"USER-session-s001"}
-    assert len(spider.seen_headers) >= 25  # 15 pages, most of them twice (a spider's copy)
+    # 15 pages, most of them twice (a spider's copy); how many of the copies run out of retries
+    # depends on the order answers come in.
+    assert len(spider.seen_headers) >= 20
     assert set(spider.seen_headers) == {None}
     assert result.stats.get("retry/count", 0) + result.stats.get("hex_proxy/retry", 0) > 0
     assert result.stats["scheduler/enqueued/disk"] > 25
