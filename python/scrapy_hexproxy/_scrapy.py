@@ -43,16 +43,16 @@ class Probes:
     #: The meta key where HttpProxyMiddleware notes which proxy a ``Proxy-Authorization``
     #: header belongs to; None: not found (credentials then go in the proxy URL).
     auth_proxy_key: str | None
-    #: Scrapy's HTTP/1.1 handler's ``TunnelError`` (a refused CONNECT).
-    tunnel_error: type[BaseException]
+    #: The exceptions whose message may give a refused CONNECT's status: Scrapy's HTTP/1.1
+    #: handler's ``TunnelError``, and curl_cffi's ``CurlError`` (scrapy-impersonate's
+    #: handler) when it is installed.
+    refused_connect: tuple[type[BaseException], ...]
     #: The exceptions that mean the attempt failed on the way (the session's fault, maybe).
     transport_exceptions: tuple[type[BaseException], ...]
 
 
 def probe() -> Probes:
     """Probes the installed Scrapy (each fact on real objects)."""
-    from scrapy.core.downloader.handlers.http11 import TunnelError
-
     public = os.environ.get(PUBLIC_API_ENV) == "1"
     return Probes(
         public_api_only=public,
@@ -60,7 +60,7 @@ def probe() -> Probes:
         response_flags_slot=not public and _response_flags_slot(),
         headers_are_dicts=not public and _headers_are_dicts(),
         auth_proxy_key=None if public else _auth_proxy_key(),
-        tunnel_error=TunnelError,
+        refused_connect=refused_connect_errors(),
         transport_exceptions=transport_exceptions(),
     )
 
@@ -95,6 +95,22 @@ def transport_exceptions() -> tuple[type[BaseException], ...]:
         ResponseNeverReceived,
         OSError,
     )
+
+
+def refused_connect_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a supported download handler raises for a CONNECT the proxy refused,
+    with the proxy's status in the message (read by ``src/python/scrapy.rs``,
+    ``refused_status``): Scrapy's ``TunnelError``, and curl_cffi's ``CurlError`` ("CONNECT
+    tunnel failed, response 407"), which scrapy-impersonate's handler lets through."""
+    from importlib.util import find_spec
+
+    from scrapy.core.downloader.handlers.http11 import TunnelError
+
+    if find_spec("curl_cffi") is None:
+        return (TunnelError,)
+    from curl_cffi import CurlError
+
+    return (TunnelError, CurlError)
 
 
 def _lazy_headers_type() -> type | None:
