@@ -17,6 +17,7 @@ import pytest_twisted
 import scrapy
 from packaging.version import Version
 from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
+from scrapy.http import Response
 
 from scrapy_hexproxy._handlers import H2, HTTP11, IMPERSONATE, PLAYWRIGHT
 from scrapy_hexproxy._settings import HexProxyConfigError
@@ -73,11 +74,11 @@ def _handler_warnings(logs: pytest.LogCaptureFixture) -> list[str]:
 # -- at start ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("handler", [H2, PLAYWRIGHT])
 @pytest_twisted.ensureDeferred
 async def test_promise_19_a_handler_that_cannot_use_the_proxy_stops_the_crawl_at_start(
-    crawl, base_settings, hexproxy_gateway, handler
+    crawl, base_settings, hexproxy_gateway
 ):
+    handler = H2
     settings = {**base_settings, "DOWNLOAD_HANDLERS": {"https": handler}}
     with pytest.raises(HexProxyConfigError) as info:
         await crawl(settings, urls(3, "https"))
@@ -91,10 +92,10 @@ async def test_promise_19_a_handler_that_cannot_use_the_proxy_stops_the_crawl_at
 async def test_promise_19_a_subclass_of_a_refused_handler_is_refused_too(
     crawl, base_settings, hexproxy_gateway
 ):
-    _main_venv_requires("scrapy_playwright")
-    from scrapy_playwright.handler import ScrapyPlaywrightDownloadHandler
-
-    subclass = type("MyPlaywright", (ScrapyPlaywrightDownloadHandler,), {})
+    # A class named as Scrapy's HTTP/2 handler (the real one needs h2 installed).
+    h2 = type("H2DownloadHandler", (), {})
+    h2.__module__ = H2.rpartition(".")[0]
+    subclass = type("MyH2", (h2,), {"lazy": True})
     settings = {**base_settings, "DOWNLOAD_HANDLERS": {"http": subclass}}
     with pytest.raises(HexProxyConfigError, match=r"DOWNLOAD_HANDLERS sends http:// requests"):
         await crawl(settings, urls(3))
@@ -286,3 +287,197 @@ async def test_promise_19_impersonate_wrong_password_stops_after_a_few_connects(
     everything = all_logs.text + "\n".join(r.getMessage() for r in all_logs.records)
     assert "wr0ng-Secret" not in everything
     assert "wr0ng-Secret" not in str(result.stats)
+
+
+# -- scrapy-playwright's handler: each session a browser context ---------------------------
+
+
+@pytest.fixture
+def playwright(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """DOWNLOAD_HANDLERS sending http and https through scrapy-playwright's handler, with
+    Debian's chromium, headless."""
+    import shutil
+
+    if request.config.getoption("reactor") != "asyncio":
+        pytest.skip("scrapy-playwright's handler runs only under the asyncio reactor")
+    _main_venv_requires("scrapy_playwright")
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed (.ci/run installs it: apt-get install chromium)"
+    return {
+        "DOWNLOAD_HANDLERS": {"http": PLAYWRIGHT, "https": PLAYWRIGHT},
+        "PLAYWRIGHT_LAUNCH_OPTIONS": {"executable_path": chromium, "args": ["--no-sandbox"]},
+        "PLAYWRIGHT_BROWSER_TYPE": "chromium",
+    }
+
+
+class BrowsingSpider(PagesSpider):
+    """PagesSpider whose requests a headless browser fetches; the test gateway's certificate
+    is its own, so the browser is told to accept it (the user's kwargs, which HexProxy keeps)."""
+
+    seen_meta: list[dict[str, Any]]
+
+    def _requests(self) -> Any:
+        for request in super()._requests():
+            request.meta["playwright"] = True
+            request.meta["playwright_context_kwargs"] = {"ignore_https_errors": True}
+            yield request
+
+    def record(self, response: scrapy.http.Response) -> None:
+        super().record(response)
+        self.result.meta_seen = getattr(self.result, "meta_seen", [])
+        self.result.meta_seen.append(dict(response.meta))
+
+
+def _browser_contexts_closed(logs: pytest.LogCaptureFixture) -> list[str]:
+    """The contexts scrapy-playwright logged as closed (its DEBUG line)."""
+    prefix = "Browser context closed: '"
+    return [
+        r.getMessage()[len(prefix) : r.getMessage().index("'", len(prefix))]
+        for r in logs.records
+        if r.getMessage().startswith(prefix)
+    ]
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest_twisted.ensureDeferred
+async def test_promise_19_playwright_each_session_is_a_browser_context(
+    crawl, base_settings, hexproxy_gateway, playwright, all_logs, scheme
+):
+    settings = {**base_settings, **playwright, "HEX_PROXY_SESSION_POOL_SIZE": 3}
+    result = await crawl(settings, urls(9, scheme), spider=BrowsingSpider)
+    assert sorted(p.url for p in result.pages) == sorted(urls(9, scheme))
+    assert {p.status for p in result.pages} == {200}
+    for page in result.pages:  # the browser went through the gateway as the page's session
+        assert page.gateway_session == page.meta_session is not None
+    sessions = {p.meta_session for p in result.pages}
+    assert len(sessions) > 1
+    # One context per session, named after it; the user's kwargs kept, the password gone.
+    assert result.stats["playwright/context_count"] == len(sessions)
+    for meta in result.meta_seen:
+        assert meta["playwright_context"] == f"hex_proxy:{meta['hex_session']}"
+        assert meta["playwright_context_kwargs"] == {"ignore_https_errors": True}
+    # Chromium asks first without credentials (the gateway's 407 is its challenge), then as
+    # the context's session: nothing else reached the gateway, nothing went around it.
+    for record in hexproxy_gateway.records:
+        if record.session is None:
+            assert record.outcome == "auth" and record.username is None
+        else:
+            assert record.username == f"USER-session-{record.session}"
+    kind = {"http": "http", "https": "tunnel"}[scheme]
+    assert sum(r.kind == kind and r.session is not None for r in hexproxy_gateway.records) == 9
+    everything = all_logs.text + "\n".join(r.getMessage() for r in all_logs.records)
+    assert "PASS" not in everything.replace("PASSED", "")
+    assert "PASS" not in repr(result.meta_seen)
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_19_playwright_loopback_targets_go_through_the_gateway_too(
+    crawl, base_settings, hexproxy_gateway, playwright
+):
+    # Chromium sends loopback addresses around its proxy unless told otherwise; the targets
+    # are the gateway itself, so a request sent direct would reach it without a session.
+    targets = [f"{hexproxy_gateway.url}/page/{i}" for i in range(3)]
+    result = await crawl({**base_settings, **playwright}, targets, spider=BrowsingSpider)
+    assert sorted(p.url for p in result.pages) == sorted(targets)
+    assert {p.status for p in result.pages} == {200}
+    assert all(p.gateway_session == p.meta_session is not None for p in result.pages)
+    assert {r.outcome for r in hexproxy_gateway.records if r.session is None} == {"auth"}
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest_twisted.ensureDeferred
+async def test_promise_19_playwright_bans_are_counted_and_the_session_s_context_closed(
+    crawl, base_settings, hexproxy_gateway, playwright, caplog, scheme
+):
+    caplog.set_level(logging.DEBUG)
+    hexproxy_gateway.set_behavior("s001", Behavior.answer(403))
+    settings = {
+        **base_settings,
+        **playwright,
+        "HEX_PROXY_SESSION_POOL_SIZE": 3,
+        "HEX_PROXY_MAX_FAILURES": 2,
+        "CONCURRENT_REQUESTS": 2,
+    }
+    result = await crawl(settings, urls(12, scheme), spider=BrowsingSpider)
+    assert sorted(p.url for p in result.pages) == sorted(urls(12, scheme))
+    assert {p.status for p in result.pages} == {200}
+    assert "s001" not in {p.meta_session for p in result.pages}
+    stats = result.hex_stats()
+    # http: the gateway's 403 is the page's status; https: Chromium reports the refused
+    # CONNECT as net::ERR_TUNNEL_CONNECTION_FAILED, without the status.
+    key = {"http": "403", "https": "ERR_TUNNEL_CONNECTION_FAILED"}[scheme]
+    failed = stats[f"hex_proxy/failure/{key}"]
+    # Chromium may ask the gateway again within one attempt (a CONNECT retried).
+    assert 2 <= failed <= sum(r.session == "s001" for r in hexproxy_gateway.records)
+    assert stats["hex_proxy/retry"] == failed
+    assert stats["hex_proxy/blacklisted"] == 1
+    # The benched session's context was closed then, before the crawl's end closed the rest.
+    closed = _browser_contexts_closed(caplog)
+    assert closed[0] == "hex_proxy:s001"
+    assert sorted(closed) == sorted(f"hex_proxy:{s}" for s in ("s000", "s001", "s002"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_19_playwright_wrong_password_stops_the_crawl(
+    crawl, base_settings, hexproxy_gateway, playwright
+):
+    settings = {
+        **base_settings,
+        **playwright,
+        "HEX_PROXY_PASS": "wr0ng-Secret",
+        "HEX_PROXY_SESSION_POOL_SIZE": 5,
+        "CONCURRENT_REQUESTS": 1,
+    }
+    result = await crawl(settings, urls(20), spider=BrowsingSpider)
+    assert result.finish_reason == "hex_proxy_auth_failed"
+    assert not [p for p in result.pages if p.status == 200]
+    # Three 407s as sessions (each after Chromium's challenge), then it stopped.
+    assert sum(r.session is not None for r in hexproxy_gateway.records) == 3
+
+
+def test_promise_19_a_playwright_attempt_carries_its_session_in_its_context_only(
+    hook_crawler, request
+):
+    _main_venv_requires("scrapy_playwright")
+    crawler = hook_crawler(DOWNLOAD_HANDLERS={"https": PLAYWRIGHT})
+    proxy, _ = _pair(crawler)
+    own = {"ignore_https_errors": True}
+    attempt = _send(proxy, "https://site.test/a", playwright=True, playwright_context_kwargs=own)
+    meta = attempt.meta
+    session = meta["hex_session"]
+    assert meta["playwright_context"] == f"hex_proxy:{session}"
+    assert meta["playwright_context_kwargs"] == {
+        "ignore_https_errors": True,
+        "proxy": {
+            "server": "http://127.0.0.1:7777",
+            "username": f"USER-session-{session}",
+            "password": "s3cr3t-PASS",
+            "bypass": "<-loopback>",
+        },
+    }
+    assert own == {"ignore_https_errors": True}  # the user's dict is left as it was
+    assert meta["proxy"] == "http://127.0.0.1:7777"
+    assert b"Proxy-Authorization" not in attempt.headers
+    # A request without meta["playwright"] goes out through Scrapy's handler, with the header.
+    plain = _send(proxy, "https://site.test/b")
+    assert b"Proxy-Authorization" in plain.headers and "playwright_context" not in plain.meta
+
+
+def test_promise_16_a_playwright_attempt_s_password_never_reaches_the_scheduler(hook_crawler):
+    _main_venv_requires("scrapy_playwright")
+    crawler = hook_crawler(DOWNLOAD_HANDLERS={"http": PLAYWRIGHT, "https": PLAYWRIGHT})
+    proxy, retry = _pair(crawler)
+    # Scheduled again (a redirect, a spider's copy): the context's proxy goes, the rest stays.
+    attempt = _send(proxy, playwright=True, playwright_context_kwargs={"locale": "de-DE"})
+    copy = attempt.replace(url="http://site.test/next")
+    proxy.scheduled(copy)
+    assert copy.meta["playwright_context_kwargs"] == {"locale": "de-DE"}
+    # Settled by a response (before the spider sees its meta).
+    attempt = _send(proxy, playwright=True)
+    proxy.process_response(attempt, Response(attempt.url, status=200, request=attempt))
+    assert attempt.meta["playwright_context_kwargs"] == {}
+    assert "s3cr3t-PASS" not in repr(attempt.meta)
+    # Retried after an exception: neither the attempt nor its retry keeps it.
+    attempt = _send(proxy, playwright=True)
+    retried = retry.process_exception(attempt, OSError("reset"))
+    assert "s3cr3t-PASS" not in repr(attempt.meta) + repr(retried.meta)

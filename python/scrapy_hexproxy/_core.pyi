@@ -363,6 +363,8 @@ class _Probes(Protocol):
     @property
     def refused_connect(self) -> tuple[type[BaseException], ...]: ...
     @property
+    def browser_errors(self) -> tuple[type[BaseException], type[BaseException]] | None: ...
+    @property
     def transport_exceptions(self) -> tuple[type[BaseException], ...]: ...
 
 class _Runtime(Protocol):
@@ -377,6 +379,12 @@ class _Runtime(Protocol):
     default_user_agent: bytes | None
     ban_policy: Any
     """The ``HEX_PROXY_BAN_POLICY`` instance, or None; read once, when the hooks are made."""
+    playwright: bool
+    """scrapy-playwright's handler serves http or https (read once)."""
+    def browser_context(
+        self, meta: dict[str, Any], number: int, proxy_url: str, session: str, header: Any
+    ) -> None:
+        """Sends a Playwright attempt through session ``number`` in its browser context."""
     hooks: HookState
 
 @final

@@ -8,9 +8,11 @@ is one of:
 
 - known to honour both: Scrapy's HTTP/1.1 handler, and scrapy-impersonate's (curl_cffi; it
   hands the header to curl as a proxy header): nothing said;
-- known not to: Scrapy's HTTP/2 handler (it raises NotImplementedError for any proxy) and
-  scrapy-playwright's (the browser ignores ``meta["proxy"]``): the crawl does not start, and the
-  message names DOWNLOAD_HANDLERS and the handler;
+- scrapy-playwright's: its browser ignores both, so each session becomes a browser context
+  given the session's proxy credentials (``_playwright.py``); its other requests go through
+  Scrapy's HTTP/1.1 handler: nothing said;
+- known not to: Scrapy's HTTP/2 handler (it raises NotImplementedError for any proxy): the
+  crawl does not start, and the message names DOWNLOAD_HANDLERS and the handler;
 - anything else, a subclass of Scrapy's handler included (it may override how a request goes
   out): one WARNING at start that we cannot tell whether it honours ``meta["proxy"]``.
 """
@@ -35,16 +37,13 @@ IMPERSONATE = "scrapy_impersonate.handler.ImpersonateDownloadHandler"
 H2 = "scrapy.core.downloader.handlers.http2.H2DownloadHandler"
 PLAYWRIGHT = "scrapy_playwright.handler.ScrapyPlaywrightDownloadHandler"
 
-#: Handlers that send a request through ``meta["proxy"]`` with our header.
-HONOUR_PROXY = frozenset({HTTP11, IMPERSONATE})
+#: Handlers that send every request through its session's proxy: through ``meta["proxy"]``
+#: with our header, or (scrapy-playwright's) in the session's browser context.
+HONOUR_PROXY = frozenset({HTTP11, IMPERSONATE, PLAYWRIGHT})
 
 #: Handlers that cannot send a request through the gateway, and why.
 REFUSE_PROXY = {
     H2: "it cannot use a proxy (it raises NotImplementedError for every proxied request)",
-    PLAYWRIGHT: (
-        'the browser ignores meta["proxy"], so a request with meta["playwright"] would go out'
-        " from this machine's own address, not through the gateway (not supported yet)"
-    ),
 }
 
 
@@ -66,7 +65,7 @@ def check_download_handlers(crawler: Crawler) -> None:
         handler = handlers.get(scheme)
         if handler is None:  # disabled: Scrapy downloads nothing of this scheme
             continue
-        names = _names(handler)
+        names = handler_names(handler)
         refused = next((name for name in names if name in REFUSE_PROXY), None)
         if refused is not None:
             raise HexProxyConfigError(
@@ -85,7 +84,7 @@ def check_download_handlers(crawler: Crawler) -> None:
         )
 
 
-def _names(handler: Any) -> list[str]:
+def handler_names(handler: Any) -> list[str]:
     """The handler's import path, then those of the classes it derives from (so that a
     subclass of a handler that refuses proxies is refused too)."""
     from scrapy.utils.misc import load_object

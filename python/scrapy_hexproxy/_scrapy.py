@@ -47,6 +47,10 @@ class Probes:
     #: handler's ``TunnelError``, and curl_cffi's ``CurlError`` (scrapy-impersonate's
     #: handler) when it is installed.
     refused_connect: tuple[type[BaseException], ...]
+    #: Playwright's ``Error`` and ``TimeoutError`` (scrapy-playwright's handler raises them)
+    #: when it is installed: a ``net::ERR_...`` error or a timeout is the attempt failing on
+    #: the way, any other error a programming error.
+    browser_errors: tuple[type[BaseException], type[BaseException]] | None
     #: The exceptions that mean the attempt failed on the way (the session's fault, maybe).
     transport_exceptions: tuple[type[BaseException], ...]
 
@@ -61,6 +65,7 @@ def probe() -> Probes:
         headers_are_dicts=not public and _headers_are_dicts(),
         auth_proxy_key=None if public else _auth_proxy_key(),
         refused_connect=refused_connect_errors(),
+        browser_errors=browser_errors(),
         transport_exceptions=transport_exceptions(),
     )
 
@@ -111,6 +116,17 @@ def refused_connect_errors() -> tuple[type[BaseException], ...]:
     from curl_cffi import CurlError
 
     return (TunnelError, CurlError)
+
+
+def browser_errors() -> tuple[type[BaseException], type[BaseException]] | None:
+    """Playwright's ``Error`` and ``TimeoutError``, if Playwright is installed."""
+    from importlib.util import find_spec
+
+    if find_spec("playwright") is None:
+        return None
+    from playwright.async_api import Error, TimeoutError
+
+    return (Error, TimeoutError)
 
 
 def _lazy_headers_type() -> type | None:
@@ -233,6 +249,28 @@ def engine_open(engine: Any) -> bool:
             slot = getattr(engine, name)
             return slot is not None and getattr(slot, "closing", None) is None
     return True
+
+
+def close_playwright_context(crawler: Crawler, name: str) -> bool:
+    """Closes scrapy-playwright's browser context ``name``, if its handler has it open (its
+    ``context_wrappers``, run on its loop as it runs its own coroutines); whether it had.
+    No public API closes a context but the page's ``context.close()`` in a callback. The
+    handler is the one Scrapy's ``DownloadHandlers`` made (its ``_handlers``, by scheme)."""
+    engine = late(crawler, "engine")
+    downloader = getattr(engine, "downloader", None)
+    handlers = getattr(getattr(downloader, "handlers", None), "_handlers", None)
+    if not isinstance(handlers, dict):
+        return False
+    for handler in {id(h): h for h in handlers.values()}.values():
+        wrappers = getattr(handler, "context_wrappers", None)
+        wrapper = wrappers.get(name) if isinstance(wrappers, dict) else None
+        run = getattr(handler, "_deferred_from_coro", None)
+        if wrapper is None or run is None:
+            continue
+        closed = run(wrapper.context.close())
+        closed.addErrback(lambda failure: None)  # already closing, or the browser gone
+        return True
+    return False
 
 
 def component_priorities(crawler: Crawler, name: str) -> Any:

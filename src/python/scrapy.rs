@@ -17,7 +17,10 @@
 //! - a refused CONNECT's status, read off the message of the exception the download handler
 //!   raised (no public API has it): Scrapy's `TunnelError`, curl_cffi's `CurlError`
 //!   (scrapy-impersonate's handler); a message of another form reads as a transport failure
-//!   without a status.
+//!   without a status;
+//! - a browser's failure (Playwright's `Error`, scrapy-playwright's handler): its Chromium
+//!   `net::ERR_...` code, read off the message (a refused CONNECT is
+//!   `net::ERR_TUNNEL_CONNECTION_FAILED`, with no status); Playwright's `TimeoutError`.
 //!
 //! `getattr` on a `__slots__` member looks the name up along the type's MRO and then calls the
 //! member descriptor's get function; the hooks keep the descriptor and call its get and set
@@ -223,6 +226,8 @@ pub struct Scrapy {
     refused_connect: Py<PyTuple>,
     /// The exceptions that mean an attempt failed on the way.
     transport: Py<PyTuple>,
+    /// Playwright's `Error` and `TimeoutError`, if installed.
+    browser_errors: Option<(Py<PyType>, Py<PyType>)>,
 }
 
 impl Scrapy {
@@ -266,6 +271,7 @@ impl Scrapy {
                 .getattr("transport_exceptions")?
                 .cast_into::<PyTuple>()?
                 .unbind(),
+            browser_errors: probes.getattr("browser_errors")?.extract()?,
         })
     }
 
@@ -367,6 +373,16 @@ impl Scrapy {
         exception: &Bound<'_, PyAny>,
     ) -> PyResult<Option<(String, Option<u16>)>> {
         let py = exception.py();
+        if let Some((error, timeout)) = &self.browser_errors {
+            if exception.is_instance(timeout.bind(py))? {
+                return Ok(Some(("TimeoutError".to_owned(), None)));
+            }
+            if exception.is_instance(error.bind(py))? {
+                let message = exception.str()?;
+                let code = net_error(&message.to_cow()?).map(str::to_owned);
+                return Ok(code.map(|code| (code, None)));
+            }
+        }
         if !exception.is_instance(self.transport.bind(py))? {
             return Ok(None);
         }
@@ -392,6 +408,17 @@ fn refused_status(message: &str) -> Option<u16> {
     ["'status': ", "CONNECT tunnel failed, response "]
         .iter()
         .find_map(|marker| status_after(message, marker))
+}
+
+/// Chromium's network error in a Playwright error's message (`Page.goto:
+/// net::ERR_TUNNEL_CONNECTION_FAILED at https://...`): `ERR_TUNNEL_CONNECTION_FAILED`.
+fn net_error(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once("net::")?;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .unwrap_or(rest.len());
+    let code = &rest[..end];
+    (code.starts_with("ERR_") && code.len() > 4).then_some(code)
 }
 
 /// The three-digit status right after `marker` in `message`.
