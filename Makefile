@@ -6,6 +6,12 @@ MATURIN := $(VENV)/bin/maturin
 # 2 cores here: keep builds to two jobs.
 export CARGO_BUILD_JOBS ?= 2
 TEST_DEPS := "pytest>=8" "pytest-twisted>=1.14" "pytest-timeout>=2.3"
+# The other download handlers the tests run through the gateway (tests/test_handlers.py),
+# only beside the main .venv's Scrapy: scrapy-impersonate needs Scrapy >= 2.13.4, and one
+# leg is enough for them (they skip, saying so, where they are not installed). The browser is
+# Debian's chromium (.ci/run installs it), not one `playwright install` would download.
+HANDLER_DEPS := "scrapy-impersonate==1.10.1" "curl-cffi==0.17.0" "scrapy-playwright==0.0.48" \
+	"playwright==1.65.2"
 # mypy-zope: Twisted declares its interfaces with zope.interface, which mypy reads only with it.
 LINT_DEPS := "ruff==0.17.6" "mypy==2.4.1" "mypy-zope==1.0.17"
 WHEEL_DIR := target/wheels
@@ -54,7 +60,8 @@ all: build-dev
 $(VENV)/.ok: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "scrapy==2.19.0" $(TEST_DEPS) "maturin>=1.7,<2" $(LINT_DEPS)
+	$(PY) -m pip install -q "scrapy==2.19.0" $(TEST_DEPS) $(HANDLER_DEPS) "maturin>=1.7,<2" \
+		$(LINT_DEPS)
 	touch $@
 
 # .venv-scrapy2.11/.ok ...: the stem is the minor; the release is the one listed for it.

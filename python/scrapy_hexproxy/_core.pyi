@@ -372,7 +372,9 @@ class _Probes(Protocol):
     @property
     def auth_proxy_key(self) -> str | None: ...
     @property
-    def tunnel_error(self) -> type[BaseException]: ...
+    def refused_connect(self) -> tuple[type[BaseException], ...]: ...
+    @property
+    def browser_errors(self) -> tuple[type[BaseException], type[BaseException]] | None: ...
     @property
     def transport_exceptions(self) -> tuple[type[BaseException], ...]: ...
     @property
@@ -390,6 +392,12 @@ class _Runtime(Protocol):
     default_user_agent: bytes | None
     ban_policy: Any
     """The ``HEX_PROXY_BAN_POLICY`` instance, or None; read once, when the hooks are made."""
+    playwright: bool
+    """scrapy-playwright's handler serves http or https (read once)."""
+    def browser_context(
+        self, meta: dict[str, Any], number: int, proxy_url: str, session: str, header: Any
+    ) -> None:
+        """Sends a Playwright attempt through session ``number`` in its browser context."""
     hooks: HookState
 
 @final

@@ -23,6 +23,7 @@ from ._jobdir import PoolStateFile
 from ._logstats import PoolHealth, warn_without_timeout
 from ._outage import HELD, GatewayWatch
 from ._pacing import NOT_BEFORE, Pacer, restore_held, save_held
+from ._playwright import BrowserContexts, serves_routed_schemes
 from ._scrapy import engine_open
 from ._settings import (
     HexProxyConfigError,
@@ -145,6 +146,10 @@ class Runtime:
             self.outage.on_hold = self._watch_close
             self.outage.on_give_up = self._stop_for_unreachable_gateway
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
+        #: scrapy-playwright's handler serves http or https: an attempt with
+        #: meta["playwright"] goes out in its session's browser context (read by the hooks).
+        self.browser_contexts = BrowserContexts(crawler) if serves_routed_schemes(crawler) else None
+        self.playwright = self.browser_contexts is not None
         #: The state both hook classes share (made last: it reads the attributes above).
         self.hooks = _core.HookState(self)
 
@@ -370,6 +375,10 @@ class Runtime:
         ``number`` call for; ``host``: where it went (ban scope "domain"); ``reasons``: what
         the run that benched the session was made of (``"429 x3"`` with a multiplication sign).
         The hooks call this only when a flag other than ``FAILED`` is set."""
+        if self.browser_contexts is not None and (
+            flags & _core.ROTATED or (flags & _core.BLACKLISTED and host is None)
+        ):
+            self.browser_contexts.benched(number)
         max_failures = self.settings.core_kwargs["max_failures"]
         why = f"{max_failures} consecutive failures" + (f": {reasons}" if reasons else "")
         if flags & _core.ROTATED:
@@ -405,6 +414,14 @@ class Runtime:
             )
         if flags & _core.AUTH_FAILED:
             self._stop_for_bad_credentials()
+
+    def browser_context(
+        self, meta: dict[str, Any], number: int, proxy_url: str, session: str, header: Any
+    ) -> None:
+        """The hooks send a Playwright attempt through session ``number``
+        (``BrowserContexts.assign``)."""
+        assert self.browser_contexts is not None
+        self.browser_contexts.assign(meta, number, proxy_url, session, header)
 
     def session_name(self, number: int) -> str:
         """The session id; with a proxy list, also its proxy (no password) and entry."""

@@ -43,8 +43,14 @@ class Probes:
     #: The meta key where HttpProxyMiddleware notes which proxy a ``Proxy-Authorization``
     #: header belongs to; None: not found (credentials then go in the proxy URL).
     auth_proxy_key: str | None
-    #: Scrapy's HTTP/1.1 handler's ``TunnelError`` (a refused CONNECT).
-    tunnel_error: type[BaseException]
+    #: The exceptions whose message may give a refused CONNECT's status: Scrapy's HTTP/1.1
+    #: handler's ``TunnelError``, and curl_cffi's ``CurlError`` (scrapy-impersonate's
+    #: handler) when it is installed.
+    refused_connect: tuple[type[BaseException], ...]
+    #: Playwright's ``Error`` and ``TimeoutError`` (scrapy-playwright's handler raises them)
+    #: when it is installed: a ``net::ERR_...`` error or a timeout is the attempt failing on
+    #: the way, any other error a programming error.
+    browser_errors: tuple[type[BaseException], type[BaseException]] | None
     #: The exceptions that mean the attempt failed on the way (the session's fault, maybe).
     transport_exceptions: tuple[type[BaseException], ...]
     #: Whether a transport failure says the proxy's own address could not be reached.
@@ -53,8 +59,6 @@ class Probes:
 
 def probe() -> Probes:
     """Probes the installed Scrapy (each fact on real objects)."""
-    from scrapy.core.downloader.handlers.http11 import TunnelError
-
     public = os.environ.get(PUBLIC_API_ENV) == "1"
     return Probes(
         public_api_only=public,
@@ -62,7 +66,8 @@ def probe() -> Probes:
         response_flags_slot=not public and _response_flags_slot(),
         headers_are_dicts=not public and _headers_are_dicts(),
         auth_proxy_key=None if public else _auth_proxy_key(),
-        tunnel_error=TunnelError,
+        refused_connect=refused_connect_errors(),
+        browser_errors=browser_errors(),
         transport_exceptions=transport_exceptions(),
         unreachable=unreachable,
     )
@@ -137,6 +142,33 @@ def unreachable(exception: BaseException) -> bool:
         and cause is not None
         and unreachable(cause)
     )
+
+
+def refused_connect_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a supported download handler raises for a CONNECT the proxy refused,
+    with the proxy's status in the message (read by ``src/python/scrapy.rs``,
+    ``refused_status``): Scrapy's ``TunnelError``, and curl_cffi's ``CurlError`` ("CONNECT
+    tunnel failed, response 407"), which scrapy-impersonate's handler lets through."""
+    from importlib.util import find_spec
+
+    from scrapy.core.downloader.handlers.http11 import TunnelError
+
+    if find_spec("curl_cffi") is None:
+        return (TunnelError,)
+    from curl_cffi import CurlError
+
+    return (TunnelError, CurlError)
+
+
+def browser_errors() -> tuple[type[BaseException], type[BaseException]] | None:
+    """Playwright's ``Error`` and ``TimeoutError``, if Playwright is installed."""
+    from importlib.util import find_spec
+
+    if find_spec("playwright") is None:
+        return None
+    from playwright.async_api import Error, TimeoutError
+
+    return (Error, TimeoutError)
 
 
 def _lazy_headers_type() -> type | None:
@@ -281,6 +313,28 @@ def downloading(engine: Any) -> int | None:
         return len(active)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def close_playwright_context(crawler: Crawler, name: str) -> bool:
+    """Closes scrapy-playwright's browser context ``name``, if its handler has it open (its
+    ``context_wrappers``, run on its loop as it runs its own coroutines); whether it had.
+    No public API closes a context but the page's ``context.close()`` in a callback. The
+    handler is the one Scrapy's ``DownloadHandlers`` made (its ``_handlers``, by scheme)."""
+    engine = late(crawler, "engine")
+    downloader = getattr(engine, "downloader", None)
+    handlers = getattr(getattr(downloader, "handlers", None), "_handlers", None)
+    if not isinstance(handlers, dict):
+        return False
+    for handler in {id(h): h for h in handlers.values()}.values():
+        wrappers = getattr(handler, "context_wrappers", None)
+        wrapper = wrappers.get(name) if isinstance(wrappers, dict) else None
+        run = getattr(handler, "_deferred_from_coro", None)
+        if wrapper is None or run is None:
+            continue
+        closed = run(wrapper.context.close())
+        closed.addErrback(lambda failure: None)  # already closing, or the browser gone
+        return True
+    return False
 
 
 def component_priorities(crawler: Crawler, name: str) -> Any:

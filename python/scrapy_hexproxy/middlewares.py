@@ -18,6 +18,7 @@ from scrapy.utils.python import global_object_name
 from scrapy.utils.response import response_status_message
 
 from . import _core
+from ._handlers import check_download_handlers
 from ._runtime import Runtime, _listing
 from ._scrapy import component_priorities, late
 from ._settings import HexProxyConfigError, is_enabled
@@ -51,6 +52,7 @@ class HexProxyMiddleware(_core.ProxyHooks):
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         runtime = _runtime(crawler)
+        check_download_handlers(crawler)
         gateway = runtime.settings.gateway
         if gateway is None:
             _warn_about_the_list(runtime)

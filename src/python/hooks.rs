@@ -51,6 +51,9 @@ pub struct HookState {
     /// Whether a ban policy judges each settled attempt (`HEX_PROXY_BAN_POLICY`). The policy
     /// itself stays with the runtime, where the garbage collector sees it.
     ban_policy: bool,
+    /// scrapy-playwright's handler serves http or https: an attempt with `meta["playwright"]`
+    /// goes out in its session's browser context (`_playwright.py`), never with our header.
+    playwright: bool,
 }
 
 #[pymethods]
@@ -79,6 +82,7 @@ impl HookState {
             bind_cookiejar,
             user_agents: UserAgents::new(runtime)?,
             ban_policy: !runtime.getattr("ban_policy")?.is_none(),
+            playwright: runtime.getattr("playwright")?.extract()?,
             core: core.unbind(),
         })
     }
@@ -115,7 +119,7 @@ impl HookState {
         let Some(number) = picked else {
             return Ok(false);
         };
-        self.assign(py, request, meta, number, host)?;
+        self.assign(owner, request, meta, number, host)?;
         // Domain scope: this pick gave a slot a new id and so ended a ban early; the requests
         // waiting for that host may go.
         if self.domain && engine.take_released() {
@@ -130,12 +134,13 @@ impl HookState {
     /// and its User-Agent; the attempt's token. `host`: the target host (domain scope).
     fn assign(
         &self,
-        py: Python<'_>,
+        owner: &Bound<'_, PyAny>,
         request: &Bound<'_, PyAny>,
         meta: &Bound<'_, PyDict>,
         number: u64,
         host: Option<&str>,
     ) -> PyResult<()> {
+        let py = owner.py();
         let engine = self.core.get().engine();
         let retry_times = meta.get_item(intern!(py, "retry_times"))?;
         let sent = self.route.sent(py, engine, number)?;
@@ -165,6 +170,17 @@ impl HookState {
             intern!(py, ATTEMPT),
             attempt::token(py, number, retry_times, host)?,
         )?;
+        if self.playwright && is_playwright(meta)? {
+            // The browser ignores meta["proxy"] and would copy the header onto its request to
+            // the site: the session's credentials go into its browser context instead.
+            runtime_of(owner)?.call_method1(
+                intern!(py, "browser_context"),
+                (meta, number, &sent.url, &sent.id, header.take()),
+            )?;
+            if let Some(headers) = self.scrapy.existing_headers(request)? {
+                headers.remove(self.header_name.bind(py))?;
+            }
+        }
         if header.is_none() && self.user_agents.is_none() {
             return Ok(());
         }
@@ -234,6 +250,9 @@ impl HookState {
     /// `forget_credentials` for a request known to have gone through us.
     fn take_header(&self, request: &Bound<'_, PyAny>, meta: &Bound<'_, PyDict>) -> PyResult<()> {
         let py = request.py();
+        if self.playwright {
+            forget_browser_proxy(meta)?;
+        }
         let Some(headers) = self.scrapy.existing_headers(request)? else {
             return Ok(());
         };
@@ -299,6 +318,31 @@ impl HookState {
             cached: self.scrapy.cached(response)?,
         })
     }
+}
+
+/// Whether scrapy-playwright downloads this request (it reads `meta["playwright"]` as a truth
+/// value).
+fn is_playwright(meta: &Bound<'_, PyDict>) -> PyResult<bool> {
+    match meta.get_item(intern!(meta.py(), "playwright"))? {
+        Some(flag) => flag.is_truthy(),
+        None => Ok(false),
+    }
+}
+
+/// Takes the session's proxy, with its password, off the browser context kwargs that
+/// `browser_context` gave a Playwright attempt (the user's own kwargs stay).
+fn forget_browser_proxy(meta: &Bound<'_, PyDict>) -> PyResult<()> {
+    let py = meta.py();
+    let Some(kwargs) = meta.get_item(intern!(py, "playwright_context_kwargs"))? else {
+        return Ok(());
+    };
+    if let Ok(kwargs) = kwargs.cast::<PyDict>() {
+        let proxy = intern!(py, "proxy");
+        if kwargs.contains(proxy)? {
+            kwargs.del_item(proxy)?;
+        }
+    }
+    Ok(())
 }
 
 /// The runtime acts on what the engine flagged: a WARNING for a blacklisted session, an ERROR
@@ -529,11 +573,11 @@ impl ProxyHooks {
 
     /// Sends the attempt through session `number`, whatever its state (the tests' way to
     /// choose a session).
-    fn assign(&self, py: Python<'_>, request: &Bound<'_, PyAny>, number: u64) -> PyResult<()> {
-        let state = self.state.get();
+    fn assign(slf: &Bound<'_, Self>, request: &Bound<'_, PyAny>, number: u64) -> PyResult<()> {
+        let state = slf.get().state.get();
         let host = state.target_host(request)?;
         let meta = state.scrapy.meta(request)?;
-        state.assign(py, request, &meta, number, host.as_deref())
+        state.assign(slf.as_any(), request, &meta, number, host.as_deref())
     }
 
     /// Sends the attempt through a live session, if there is one (the runtime calls this

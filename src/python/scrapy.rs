@@ -14,8 +14,13 @@
 //! - Scrapy's HttpProxyMiddleware's note of which proxy a `Proxy-Authorization` header belongs
 //!   to (a meta key, `_auth_proxy` today); else credentials go in the proxy URL, which that
 //!   middleware turns into the header itself;
-//! - a refused CONNECT's status, read off the `TunnelError` message (no public API has it; a
-//!   message of another form reads as a transport failure without a status).
+//! - a refused CONNECT's status, read off the message of the exception the download handler
+//!   raised (no public API has it): Scrapy's `TunnelError`, curl_cffi's `CurlError`
+//!   (scrapy-impersonate's handler); a message of another form reads as a transport failure
+//!   without a status;
+//! - a browser's failure (Playwright's `Error`, scrapy-playwright's handler): its Chromium
+//!   `net::ERR_...` code, read off the message (a refused CONNECT is
+//!   `net::ERR_TUNNEL_CONNECTION_FAILED`, with no status); Playwright's `TimeoutError`.
 //!
 //! `getattr` on a `__slots__` member looks the name up along the type's MRO and then calls the
 //! member descriptor's get function; the hooks keep the descriptor and call its get and set
@@ -217,12 +222,15 @@ pub struct Scrapy {
     /// The meta key where HttpProxyMiddleware notes the proxy its header belongs to; `None`:
     /// not found, so credentials go in the proxy URL.
     auth_proxy_key: Option<Py<PyString>>,
-    tunnel_error: Py<PyType>,
+    /// The exceptions whose message may give a refused CONNECT's status (`refused_status`).
+    refused_connect: Py<PyTuple>,
     /// The exceptions that mean an attempt failed on the way.
     transport: Py<PyTuple>,
     /// `_scrapy.unreachable`: whether a transport failure says the proxy's own address could
     /// not be reached (which exceptions, and in which form, is the Python wall's knowledge).
     unreachable: Py<PyAny>,
+    /// Playwright's `Error` and `TimeoutError`, if installed.
+    browser_errors: Option<(Py<PyType>, Py<PyType>)>,
 }
 
 impl Scrapy {
@@ -258,15 +266,16 @@ impl Scrapy {
             } else {
                 Some(auth_proxy_key.cast_into::<PyString>()?.unbind())
             },
-            tunnel_error: probes
-                .getattr("tunnel_error")?
-                .cast_into::<PyType>()?
+            refused_connect: probes
+                .getattr("refused_connect")?
+                .cast_into::<PyTuple>()?
                 .unbind(),
             transport: probes
                 .getattr("transport_exceptions")?
                 .cast_into::<PyTuple>()?
                 .unbind(),
             unreachable: probes.getattr("unreachable")?.unbind(),
+            browser_errors: probes.getattr("browser_errors")?.extract()?,
         })
     }
 
@@ -369,12 +378,22 @@ impl Scrapy {
         exception: &Bound<'_, PyAny>,
     ) -> PyResult<Option<(String, Option<u16>, bool)>> {
         let py = exception.py();
+        if let Some((error, timeout)) = &self.browser_errors {
+            if exception.is_instance(timeout.bind(py))? {
+                return Ok(Some(("TimeoutError".to_owned(), None, false)));
+            }
+            if exception.is_instance(error.bind(py))? {
+                let message = exception.str()?;
+                let code = net_error(&message.to_cow()?).map(str::to_owned);
+                return Ok(code.map(|code| (code, None, false)));
+            }
+        }
         if !exception.is_instance(self.transport.bind(py))? {
             return Ok(None);
         }
         let name = exception.get_type().name()?.to_string();
-        let refused = if exception.is_instance(self.tunnel_error.bind(py))? {
-            tunnel_status(&exception.str()?.to_cow()?)
+        let refused = if exception.is_instance(self.refused_connect.bind(py))? {
+            refused_status(&exception.str()?.to_cow()?)
         } else {
             None
         };
@@ -389,10 +408,29 @@ impl Scrapy {
     }
 }
 
-/// The status in a `TunnelError`'s message: Scrapy's HTTP/1.1 handler writes the proxy's
-/// answer as `[{'status': 407, 'reason': b'...'}]`.
-fn tunnel_status(message: &str) -> Option<u16> {
-    let (_, rest) = message.split_once("'status': ")?;
+/// The proxy's status in a refused CONNECT's message, as each supported handler writes it:
+/// Scrapy's HTTP/1.1 handler (`TunnelError`) `... [{'status': 407, 'reason': b'...'}]`, curl
+/// (curl_cffi's `CurlError`) `... CONNECT tunnel failed, response 407. ...`.
+fn refused_status(message: &str) -> Option<u16> {
+    ["'status': ", "CONNECT tunnel failed, response "]
+        .iter()
+        .find_map(|marker| status_after(message, marker))
+}
+
+/// Chromium's network error in a Playwright error's message (`Page.goto:
+/// net::ERR_TUNNEL_CONNECTION_FAILED at https://...`): `ERR_TUNNEL_CONNECTION_FAILED`.
+fn net_error(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once("net::")?;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .unwrap_or(rest.len());
+    let code = &rest[..end];
+    (code.starts_with("ERR_") && code.len() > 4).then_some(code)
+}
+
+/// The three-digit status right after `marker` in `message`.
+fn status_after(message: &str, marker: &str) -> Option<u16> {
+    let (_, rest) = message.split_once(marker)?;
     let digits = rest.get(..3)?;
     if !digits.bytes().all(|b| b.is_ascii_digit())
         || rest[3..].starts_with(|c: char| c.is_ascii_digit())
