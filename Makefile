@@ -5,13 +5,16 @@ PY := $(VENV)/bin/python
 MATURIN := $(VENV)/bin/maturin
 # 2 cores here: keep builds to two jobs.
 export CARGO_BUILD_JOBS ?= 2
-TEST_DEPS := "pytest>=8" "pytest-twisted>=1.14" "pytest-timeout>=2.3"
+TEST_DEPS := "pytest>=8" "pytest-twisted>=1.14" "pytest-timeout>=2.3" "redis==8.2.0"
 # The other download handlers the tests run through the gateway (tests/test_handlers.py),
 # only beside the main .venv's Scrapy: scrapy-impersonate needs Scrapy >= 2.13.4, and one
 # leg is enough for them (they skip, saying so, where they are not installed). The browser is
 # Debian's chromium (.ci/run installs it), not one `playwright install` would download.
 HANDLER_DEPS := "scrapy-impersonate==1.10.1" "curl-cffi==0.17.0" "scrapy-playwright==0.0.48" \
 	"playwright==1.65.2"
+# scrapy-redis, for the shared pool's tests with several `scrapy crawl` processes on one queue
+# (tests/test_shared_processes.py), beside the main .venv's Scrapy only, as the handlers.
+SHARED_DEPS := "scrapy-redis==0.9.1"
 # mypy-zope: Twisted declares its interfaces with zope.interface, which mypy reads only with it.
 LINT_DEPS := "ruff==0.17.6" "mypy==2.4.1" "mypy-zope==1.0.17"
 WHEEL_DIR := target/wheels
@@ -48,11 +51,12 @@ BUILD_VENV := .venv-build
 BUILD_PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BUILD_VENV)/bin/python -m pip
 DEMO_VENV := .venv-demo
 DEMO_DEPS := "scrapy==2.19.0"
+DEMO_SHARED_DEPS := "redis==8.2.0"
 DEMO_WHEEL_DIR := target/wheels-demo
 DEMO_BUILD_LOG := target/demo-build.log
 
 .PHONY: all build-dev build-test wheel wheel-test wheel-check test test-rust test-python \
-	test-python-old test-python-minors lint format demo bench clean
+	test-python-old test-python-minors lint format demo demo-shared bench clean
 
 all: build-dev
 
@@ -60,8 +64,8 @@ all: build-dev
 $(VENV)/.ok: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "scrapy==2.19.0" $(TEST_DEPS) $(HANDLER_DEPS) "maturin>=1.7,<2" \
-		$(LINT_DEPS)
+	$(PY) -m pip install -q "scrapy==2.19.0" $(TEST_DEPS) $(HANDLER_DEPS) $(SHARED_DEPS) \
+		"maturin>=1.7,<2" $(LINT_DEPS)
 	touch $@
 
 # .venv-scrapy2.11/.ok ...: the stem is the minor; the release is the one listed for it.
@@ -167,15 +171,33 @@ test-python-minors: wheel-test $(addsuffix /.ok,$(MINOR_VENVS))
 ## the hook and crawl tests on 2.12 ... 2.18, and the wheel installed into an empty venv
 test: lint test-rust test-python test-python-old test-python-minors wheel-check
 
-## demo: a real crawl through the bundled loopback gateway, some sessions banned, some dropping
-demo: $(DEMO_VENV)/.ok
+# The release wheel, built quietly and installed into the demo's venv.
+define demo_wheel
 	@echo "Building the release wheel (a few minutes the first time; output in $(DEMO_BUILD_LOG))"
 	@rm -rf $(DEMO_WHEEL_DIR) && mkdir -p target
 	@$(BUILD_VENV)/bin/maturin build --release -o $(DEMO_WHEEL_DIR) >$(DEMO_BUILD_LOG) 2>&1 \
 		|| { cat $(DEMO_BUILD_LOG); exit 1; }
 	@$(BUILD_PIP) --python $(DEMO_VENV)/bin/python install -q --force-reinstall --no-deps \
 		$(DEMO_WHEEL_DIR)/*.whl
+endef
+
+## demo: a real crawl through the bundled loopback gateway, some sessions banned, some dropping
+demo: $(DEMO_VENV)/.ok
+	$(demo_wheel)
 	@$(DEMO_VENV)/bin/python examples/demo.py
+
+## demo-shared: two processes through the gateway, 3 of 20 sessions banned, each with its own
+## pool and then sharing one on a local redis-server (Debian's redis-server): the ban cost
+demo-shared: $(DEMO_VENV)/.redis
+	@command -v redis-server >/dev/null || { echo "make demo-shared needs redis-server \
+		(apt-get install redis-server)"; exit 1; }
+	$(demo_wheel)
+	@$(DEMO_VENV)/bin/python examples/demo_shared.py
+
+$(DEMO_VENV)/.redis: $(DEMO_VENV)/.ok
+	@echo "Installing redis (the Python client) into $(DEMO_VENV)"
+	@$(BUILD_PIP) --python $(DEMO_VENV)/bin/python install -q $(DEMO_SHARED_DEPS)
+	@touch $@
 
 # `make demo` runs in a venv of its own that holds only what the demo runs: Scrapy and the
 # package (a release wheel). The wheel is built with the maturin of .venv-build, a venv of

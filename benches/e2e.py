@@ -11,6 +11,9 @@ proxying:
   stays as it is.
 - ``ours``: ``HexProxyMiddleware`` (350) and ``SmartRetryMiddleware`` (550) in place of
   Scrapy's ``RetryMiddleware``, with a pool of 100,000 sessions.
+- ``shared``: ``ours`` sharing its pool on a real Redis (``HEX_PROXY_REDIS_URL``; a
+  ``redis-server`` this script starts on a free loopback port and stops, emptied before each
+  crawl), as one process of many would.
 
 Both use the same spider (it yields the requests, ``parse`` only counts), ``CrawlerProcess``,
 Scrapy's default reactor, ``CONCURRENT_REQUESTS = 16``, no cookies, no cache, no robots.txt.
@@ -51,11 +54,14 @@ from urllib.parse import urlsplit
 USER = "USER"
 PASSWORD = "PASS"
 POOL_SIZE = 100_000
-MODES = ("fixed", "ours")
+MODES = ("fixed", "ours", "shared")
 VARIANTS = {
     "fixed": "fixed proxy (Scrapy alone)",
     "ours": f"ours, {POOL_SIZE} sessions",
+    "shared": "ours, sharing on Redis",
 }
+#: The children's Redis URL (mode ``shared``), in their environment.
+REDIS_VAR = "HEXPROXY_BENCH_REDIS_URL"
 CHILD_TIMEOUT = 300.0
 GATEWAY_START_TIMEOUT = 30.0
 GATEWAY_STOP_TIMEOUT = 10.0
@@ -79,7 +85,7 @@ def crawl(mode: str, gateway: str, pages: int) -> dict[str, Any]:
         "HTTPCACHE_ENABLED": False,
     }
     proxy = None
-    if mode == "ours":
+    if mode in ("ours", "shared"):
         settings.update(
             {
                 "DOWNLOADER_MIDDLEWARES": {
@@ -93,6 +99,8 @@ def crawl(mode: str, gateway: str, pages: int) -> dict[str, Any]:
                 "HEX_PROXY_SESSION_POOL_SIZE": POOL_SIZE,
             }
         )
+        if mode == "shared":
+            settings["HEX_PROXY_REDIS_URL"] = os.environ[REDIS_VAR]
     elif mode == "fixed":
         netloc = urlsplit(gateway).netloc
         proxy = f"http://{USER}-session-fixed:{PASSWORD}@{netloc}"
@@ -190,7 +198,9 @@ def stop_gateway(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
-def run_child(mode: str, gateway: str, pages: int) -> dict[str, Any]:
+def run_child(mode: str, gateway: str, pages: int, redis: Any = None) -> dict[str, Any]:
+    if redis is not None:
+        redis.command("FLUSHALL")
     args = [sys.executable, os.path.abspath(__file__), "--child", mode]
     args += ["--gateway", gateway, "--pages", str(pages)]
     try:
@@ -199,7 +209,7 @@ def run_child(mode: str, gateway: str, pages: int) -> dict[str, Any]:
             capture_output=True,
             text=True,
             timeout=CHILD_TIMEOUT,
-            env=child_env(),
+            env={**child_env(), **({REDIS_VAR: redis.url} if redis is not None else {})},
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
@@ -216,17 +226,25 @@ def run_child(mode: str, gateway: str, pages: int) -> dict[str, Any]:
 
 
 def measure(pages: int, rounds: int) -> dict[str, list[dict[str, Any]]]:
+    from scrapy_hexproxy.testing import RedisServer
+
     proc, gateway = start_gateway()
+    redis = RedisServer().start()
     try:
+
+        def run(mode: str) -> dict[str, Any]:
+            return run_child(mode, gateway, pages, redis if mode == "shared" else None)
+
         for mode in MODES:  # warm up: disk caches, the gateway's first connections
-            run_child(mode, gateway, pages)
+            run(mode)
         runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
         for r in range(rounds):
             order = MODES if r % 2 == 0 else MODES[::-1]
             for mode in order:
-                runs[mode].append(run_child(mode, gateway, pages))
+                runs[mode].append(run(mode))
         return runs
     finally:
+        redis.stop()
         stop_gateway(proc)
 
 

@@ -3,7 +3,10 @@
 1. the core's criterion benchmarks (``cargo bench --bench core``, short warm-up and measurement);
 2. the hook cycle on real Scrapy objects: floor, pure-Python, ours (``hook_cycle.py``);
 3. resident memory and build time per pool size (``memory.py``);
-4. the end-to-end crawl CPU against Scrapy alone with one fixed proxy (``e2e.py``).
+4. the end-to-end crawl CPU against Scrapy alone with one fixed proxy, and with the pool
+   shared on a real Redis against the same crawl alone (``e2e.py``);
+5. the shared pool: a ban's delay in reaching another process, Redis commands per 1,000
+   requests, Redis memory per key (``shared.py``).
 
 Each part runs in its own process; this one collects their JSON lines and prints the table in
 Markdown, ready for the README. ``--quick`` makes every part shorter (for a smoke run; its
@@ -68,6 +71,7 @@ def table(
     hooks: list[dict[str, Any]],
     memory: list[dict[str, Any]],
     e2e: list[dict[str, Any]],
+    shared: list[dict[str, Any]],
 ) -> list[str]:
     by_variant = {h["variant"]: h["ns"] for h in hooks}
     floor = by_variant["floor"]
@@ -125,8 +129,9 @@ def table(
     ):
         cells = per_size(lambda size, key=key: f"{mem[size][key]:.1f}" if size >= 100_000 else "-")
         out.append(row(label, cells, "<= 16 at 1M"))
-    fixed, ours = e2e
+    fixed, ours, on_redis = e2e
     paired = statistics.median(o / f for o, f in zip(ours["runs"], fixed["runs"]))
+    paired_shared = statistics.median(s / o for s, o in zip(on_redis["runs"], ours["runs"]))
     out.append(row(f"**end to end**, {fixed['pages']:,} pages (CPU s)", ["" for _ in SIZES]))
     blank = ["", ""]
     out.append(row("Scrapy alone, one fixed proxy", [*blank, f"{fixed['cpu_s']:.3f}", ""]))
@@ -135,6 +140,50 @@ def table(
             "ours (median; median of paired ratios)",
             [*blank, f"{ours['cpu_s']:.3f}; {ours['x_fixed']:.3f}x; {paired:.3f}x", ""],
             "<= 1.02x",
+        )
+    )
+    out.append(
+        row(
+            "ours sharing the pool on Redis (median; x ours; median of paired ratios)",
+            [
+                *blank,
+                f"{on_redis['cpu_s']:.3f}; {on_redis['cpu_s'] / ours['cpu_s']:.3f}x;"
+                f" {paired_shared:.3f}x",
+                "",
+            ],
+            "<= 1.02x ours",
+        )
+    )
+    out.append(row("**shared pool on Redis**", ["" for _ in SIZES]))
+    by_bench: dict[str, list[dict[str, Any]]] = {}
+    for line in shared:
+        by_bench.setdefault(line["bench"], []).append(line)
+    (delay,) = by_bench["ban delay"]
+    out.append(
+        row(
+            f"a ban reaching another process, {delay['bans']} bans (ms)",
+            [*blank, f"median {delay['median_ms']:.1f}; max {delay['max_ms']:.1f}", ""],
+            "max <= 1,000 ms",
+        )
+    )
+    for line in by_bench["redis commands"]:
+        out.append(
+            row(
+                f"Redis commands per 1,000 requests, {line['scenario']}"
+                f" ({line['requests']:,} requests; round trips, and what Redis ran)",
+                [
+                    *blank,
+                    f"{line['round_trips'] * 1000 / line['requests']:.1f}; {line['per_1000']:.1f}",
+                    "",
+                ],
+                "0 per healthy request",
+            )
+        )
+    (mem,) = by_bench["redis memory"]
+    out.append(
+        row(
+            "Redis memory per banned session; per open failure run (bytes)",
+            [*blank, f"{mem['bytes_per_ban']:.0f}; {mem['bytes_per_run']:.0f}", ""],
         )
     )
     return out
@@ -169,8 +218,9 @@ def main() -> int:
     e2e = lines_of(
         str(HERE / "e2e.py"), *(["--pages", "500", "--rounds", "2"] if args.quick else [])
     )
+    shared = lines_of(str(HERE / "shared.py"), *(["--pages", "500"] if args.quick else []))
     print()
-    print("\n".join(table(core, hooks, memory, e2e)))
+    print("\n".join(table(core, hooks, memory, e2e, shared)))
     print()
     print(f"Measured on: {machine()}.")
     return 0

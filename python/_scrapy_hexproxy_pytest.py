@@ -8,6 +8,9 @@ here only pytest is imported until a fixture is used.
 
 * ``hexproxy_gateway`` -- a started :class:`scrapy_hexproxy.testing.Gateway` on 127.0.0.1,
   stopped after the test.
+* ``hexproxy_redis`` -- a started :class:`scrapy_hexproxy.testing.RedisServer` (a real
+  ``redis-server`` on a free 127.0.0.1 port, nothing saved), stopped after the test: set
+  ``HEX_PROXY_REDIS_URL`` to its ``url`` to share the pool between crawls.
 * ``hexproxy_settings`` -- a fresh dict of Scrapy settings that route downloads through it,
   seeded (``HEX_PROXY_SEED``), so a test's sessions are picked the same way on every run.
 
@@ -25,7 +28,7 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
 
-    from scrapy_hexproxy.testing import Gateway
+    from scrapy_hexproxy.testing import Gateway, RedisServer
 
 #: ``hexproxy_settings``' HEX_PROXY_SEED.
 SEED = 1
@@ -41,6 +44,18 @@ def hexproxy_gateway() -> Iterator[Gateway]:
         yield gateway
     finally:
         gateway.stop()
+
+
+@pytest.fixture
+def hexproxy_redis() -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1 (a free port; nothing saved), stopped after the test."""
+    from scrapy_hexproxy.testing import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -88,6 +88,12 @@ impl AuthTracker {
         self.failed.load(Ordering::Acquire)
     }
 
+    /// Another process sharing the pool found the credentials rejected: they are for this one
+    /// too. `ALL_REJECTED` the first time.
+    pub fn rejected_elsewhere(&self) -> u32 {
+        self.fail()
+    }
+
     fn fail(&self) -> u32 {
         if self.failed.swap(true, Ordering::AcqRel) {
             0

@@ -19,6 +19,7 @@ use crate::retry::{Cause, Decision, RetryPolicy};
 use crate::runs::{host_key, Runs};
 use crate::scope::{BanScope, HostBans};
 use crate::session::SessionId;
+use crate::shared::{self, Fact, Note, Noted, Outbox};
 use crate::snapshot::{first_difference, fnv1a, PoolState, RestoreError, Restored};
 use crate::stats::{Reason, Stats};
 
@@ -77,6 +78,10 @@ pub struct Engine {
     /// The gateway's own address cannot be reached (promise 17): no attempt is sent until a
     /// probe of the runtime's finds it again. Never set with a proxy list.
     gateway_down: AtomicBool,
+    /// The pool is shared with other processes (`HEX_PROXY_REDIS_URL`, shared.rs): what they
+    /// must learn is noted in `outbox`.
+    sharing: AtomicBool,
+    outbox: Mutex<Outbox>,
 }
 
 #[derive(Debug)]
@@ -143,6 +148,8 @@ impl Engine {
             epoch: AtomicU64::new(epoch),
             released: AtomicBool::new(false),
             gateway_down: AtomicBool::new(false),
+            sharing: AtomicBool::new(false),
+            outbox: Mutex::default(),
             config,
             clock,
             state: Mutex::new(State {
@@ -331,6 +338,18 @@ impl Engine {
             state
                 .runs
                 .ended(slot, Some(host_key(self.domain_host(host))));
+            drop(state);
+            self.note(slot, generation, host, Noted::Cleared);
+        }
+    }
+
+    /// Notes what other processes sharing the pool must learn (nothing when alone).
+    fn note(&self, slot: u32, generation: u32, host: Option<&str>, noted: Noted) {
+        if self.sharing.load(Ordering::Relaxed) {
+            let number = self.numbering().number(slot, generation);
+            self.outbox
+                .lock()
+                .push(number, self.domain_host(host), noted);
         }
     }
 
@@ -361,6 +380,7 @@ impl Engine {
         };
         if !cooling {
             runs.failed(slot, host_key(self.domain_host(host)), reason);
+            self.note(slot, generation, host, Noted::Failed);
         }
         let flags = match (self.config.blacklisting, identities, hosts) {
             (Blacklisting::Domain, _, Some(hosts)) => {
@@ -396,6 +416,7 @@ impl Engine {
             .take(slot, key)
             .map(|reasons| (slot, key, reasons));
         drop(state);
+        self.note(slot, generation, host, Noted::Banned(self.config.cooldown));
         self.stats.blacklisted();
         flags
     }
@@ -691,6 +712,118 @@ impl Engine {
             restored.failing += 1;
         }
         Ok(restored)
+    }
+
+    /// Shares the pool with other processes from now on (before the first pick): what they
+    /// must learn is noted for `take_notes`. `nth`: this process's number from the shared
+    /// counter, which gives its rotated ids an epoch of their own (`shared::epoch_of`).
+    pub fn share(&self, nth: Option<u64>) {
+        if let (Some(nth), true) = (nth, self.rotates) {
+            let epoch = shared::epoch_of(nth);
+            if let Some(identities) = &mut self.state.lock().identities {
+                identities.restore(epoch, &[]);
+            }
+            self.epoch.store(epoch, Ordering::Relaxed);
+        }
+        self.sharing.store(true, Ordering::Relaxed);
+    }
+
+    /// Another process sharing the pool found the credentials rejected: nothing more is sent
+    /// with them here either (`pick` hands out no session). True the first time.
+    pub fn credentials_rejected_elsewhere(&self) -> bool {
+        self.auth.rejected_elsewhere() != 0
+    }
+
+    /// What the other processes sharing the pool must learn, noted since the last call.
+    pub fn take_notes(&self) -> Vec<Note> {
+        self.outbox.lock().take()
+    }
+
+    /// The name of this pool's shared state (see `shared::key_of`); `origin` as for
+    /// `describe`.
+    pub fn shared_key(&self, origin: &str) -> String {
+        shared::key_of(&self.describe(origin))
+    }
+
+    /// Takes what another process sharing the pool says about session `number` (`host`: the
+    /// target host in ban scope "domain"), under the rules a local outcome follows: a run
+    /// counted everywhere that reaches `HEX_PROXY_MAX_FAILURES` blacklists the session here
+    /// too (noted like a local ban), a ban is honoured for the time it has left (rotate mode:
+    /// the slot takes a new id), an ended run ends here. Returns the flags `BLACKLISTED` and
+    /// `ROTATED`; nothing for an id this process's slot has left, or a session cooling already.
+    pub fn take_fact(&self, number: u64, host: Option<&str>, fact: Fact) -> Result<u32, Error> {
+        let (slot, generation) = self.locate(number)?;
+        let mut state = self.state.lock();
+        if !state.is_current(slot, generation) {
+            return Ok(0);
+        }
+        let now = self.clock.now_ns();
+        let target = host.unwrap_or_default();
+        let key = host_key(self.domain_host(host));
+        let State {
+            pool,
+            identities,
+            hosts,
+            runs,
+            ..
+        } = &mut *state;
+        let rotate = self.config.blacklisting == Blacklisting::Session(OnBlacklist::Rotate);
+        let banned = match (fact, hosts.as_mut()) {
+            (Fact::Cleared, None) => {
+                if pool.success(slot) {
+                    runs.ended(slot, Some(key));
+                }
+                return Ok(0);
+            }
+            (Fact::Cleared, Some(hosts)) => {
+                if hosts.success(slot, target, now) {
+                    runs.ended(slot, Some(key));
+                }
+                return Ok(0);
+            }
+            (Fact::Run(failures), Some(hosts)) => hosts.merge_failures(slot, target, failures, now),
+            (Fact::Banned(left), Some(hosts)) => {
+                let until = now.saturating_add(crate::clock::saturating_ns(left));
+                hosts.cool_until(slot, target, until, now)
+            }
+            (Fact::Run(failures), None) => pool.merge_failures(slot, failures),
+            (Fact::Banned(left), None) => {
+                if pool.is_cooling(slot, now) {
+                    false
+                } else if rotate {
+                    true
+                } else {
+                    let until = now.saturating_add(crate::clock::saturating_ns(left));
+                    pool.bench_until(slot, until, now)
+                }
+            }
+        };
+        if !banned {
+            return Ok(0);
+        }
+        let mut flags = BLACKLISTED;
+        match (identities, &*hosts) {
+            (Some(identities), None) if rotate => {
+                // Rotate mode: the id is done for; the slot goes on under a new one.
+                pool.success(slot);
+                if identities.rotate(slot) {
+                    self.stats.rotated();
+                    flags |= ROTATED;
+                }
+            }
+            (None, None) if matches!(fact, Fact::Run(_)) => pool.bench_now(slot, now),
+            _ => {}
+        }
+        runs.ended(slot, Some(key));
+        drop(state);
+        if let Fact::Run(_) = fact {
+            // This process decided the ban, on the count of them all: as a local one.
+            self.note(slot, generation, host, Noted::Banned(self.config.cooldown));
+            self.stats.blacklisted();
+        } else {
+            self.stats.shared_ban_taken();
+        }
+        Ok(flags)
     }
 
     /// The id a session's slot goes by after its rotation from `number` (for the log).
@@ -1954,5 +2087,210 @@ mod tests {
         let restored = late.restore(&saved, WALL + 60_000_000_000, ORIGIN).unwrap();
         assert_eq!(restored.records, 2);
         assert_eq!(late.counts(), (4, 0));
+    }
+}
+
+/// Sharing the pool with other processes (shared.rs): what is noted, how facts are taken.
+#[cfg(test)]
+mod sharing_tests {
+    use super::*;
+    use crate::config::{example_settings, Settings};
+
+    fn sharing(change: impl FnOnce(&mut Settings)) -> Engine {
+        let mut settings = example_settings();
+        change(&mut settings);
+        let engine = Engine::new(settings.validate().unwrap(), Clock::manual(), Some(1));
+        engine.share(None);
+        engine
+    }
+
+    fn noted(engine: &Engine) -> Vec<(u64, Option<String>, Noted)> {
+        engine
+            .take_notes()
+            .into_iter()
+            .map(|note| (note.number, note.host.map(Into::into), note.noted))
+            .collect()
+    }
+
+    const COOLDOWN: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn alone_nothing_is_noted_and_a_healthy_attempt_notes_nothing_when_shared() {
+        let alone = Engine::new(
+            example_settings().validate().unwrap(),
+            Clock::manual(),
+            None,
+        );
+        alone.record(3, None, Event::Status(429)).unwrap();
+        assert!(alone.take_notes().is_empty());
+
+        let engine = sharing(|_| {});
+        for _ in 0..100 {
+            engine.record(3, None, Event::Status(200)).unwrap();
+        }
+        assert!(noted(&engine).is_empty());
+    }
+
+    #[test]
+    fn a_counted_failure_an_ended_run_and_a_ban_are_noted() {
+        let engine = sharing(|_| {});
+        engine.record(3, None, Event::Status(429)).unwrap();
+        engine.record(3, None, Event::Status(200)).unwrap();
+        assert_eq!(
+            noted(&engine),
+            [(3, None, Noted::Failed), (3, None, Noted::Cleared)]
+        );
+        for _ in 0..5 {
+            engine.record(4, None, Event::Status(503)).unwrap();
+        }
+        let notes = noted(&engine);
+        assert_eq!(notes.len(), 6);
+        assert_eq!(notes[5], (4, None, Noted::Banned(COOLDOWN)));
+        // An attempt in flight when the session was benched counts in no run: not noted.
+        engine.record(4, None, Event::Status(503)).unwrap();
+        assert!(noted(&engine).is_empty());
+    }
+
+    #[test]
+    fn a_run_counted_everywhere_blacklists_when_it_reaches_max_failures() {
+        let engine = sharing(|_| {});
+        assert_eq!(engine.take_fact(7, None, Fact::Run(3)), Ok(0));
+        assert_eq!(engine.counts(), (20, 0));
+        // Two more here make five in all.
+        engine.record(7, None, Event::Status(429)).unwrap();
+        assert_eq!(
+            engine.record(7, None, Event::Status(429)),
+            Ok(FAILED | BLACKLISTED)
+        );
+        assert_eq!(engine.counts(), (19, 1));
+
+        assert_eq!(engine.take_fact(8, None, Fact::Run(5)), Ok(BLACKLISTED));
+        assert_eq!(engine.counts(), (18, 2));
+        let notes = noted(&engine);
+        assert_eq!(notes.last(), Some(&(8, None, Noted::Banned(COOLDOWN))));
+        // A shorter count than known changes nothing; neither does one for a cooling session.
+        assert_eq!(engine.take_fact(9, None, Fact::Run(2)), Ok(0));
+        assert_eq!(engine.take_fact(9, None, Fact::Run(1)), Ok(0));
+        assert_eq!(engine.take_fact(8, None, Fact::Run(9)), Ok(0));
+        // Cleared elsewhere: the run starts over.
+        assert_eq!(engine.take_fact(9, None, Fact::Cleared), Ok(0));
+        for _ in 0..4 {
+            assert_eq!(engine.record(9, None, Event::Status(429)), Ok(FAILED));
+        }
+    }
+
+    #[test]
+    fn a_ban_from_elsewhere_is_honoured_for_the_time_it_has_left_and_not_noted_again() {
+        let engine = sharing(|_| {});
+        assert_eq!(
+            engine.take_fact(2, None, Fact::Banned(Duration::from_secs(100))),
+            Ok(BLACKLISTED)
+        );
+        assert!(noted(&engine).is_empty());
+        assert_eq!(engine.counts(), (19, 1));
+        assert_eq!(stat(&engine, "hex_proxy/shared/bans_taken"), 1);
+        assert_eq!(stat(&engine, "hex_proxy/blacklisted"), 0);
+        engine.advance(Duration::from_secs(99)).unwrap();
+        assert_eq!(engine.counts(), (19, 1));
+        engine.advance(Duration::from_secs(2)).unwrap();
+        assert_eq!(engine.counts(), (20, 0));
+        // Twice, or for no time left: nothing.
+        engine
+            .take_fact(2, None, Fact::Banned(Duration::from_secs(100)))
+            .unwrap();
+        assert_eq!(
+            engine.take_fact(2, None, Fact::Banned(Duration::from_secs(100))),
+            Ok(0)
+        );
+        assert_eq!(
+            engine.take_fact(3, None, Fact::Banned(Duration::ZERO)),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn a_ban_from_elsewhere_keeps_the_cooling_order_and_never_outlasts_a_local_one() {
+        let engine = sharing(|_| {});
+        for _ in 0..5 {
+            engine.record(1, None, Event::Status(503)).unwrap();
+        }
+        // Shorter than the local ban queued before it: rests as long as that one.
+        engine
+            .take_fact(2, None, Fact::Banned(Duration::from_secs(10)))
+            .unwrap();
+        // Longer than a ban made now would be (another machine's clock ahead): capped.
+        engine
+            .take_fact(3, None, Fact::Banned(Duration::from_secs(900)))
+            .unwrap();
+        assert_eq!(engine.counts(), (17, 3));
+        engine.advance(COOLDOWN).unwrap();
+        assert_eq!(engine.counts(), (20, 0));
+    }
+
+    #[test]
+    fn rotate_mode_gives_a_slot_banned_elsewhere_a_new_id() {
+        let engine = sharing(|s| s.on_blacklist = "rotate".into());
+        assert_eq!(
+            engine.take_fact(5, None, Fact::Banned(COOLDOWN)),
+            Ok(BLACKLISTED | ROTATED)
+        );
+        assert_eq!(engine.counts(), (20, 0));
+        // The old id is gone from this slot: facts about it change nothing.
+        assert_eq!(engine.take_fact(5, None, Fact::Run(5)), Ok(0));
+        let new = engine.successor(5).unwrap();
+        assert_ne!(new.as_str(), "s005");
+    }
+
+    #[test]
+    fn domain_scope_takes_facts_per_host() {
+        let engine = sharing(|s| s.ban_scope = "domain".into());
+        assert_eq!(
+            engine.take_fact(4, Some("a.test"), Fact::Banned(COOLDOWN)),
+            Ok(BLACKLISTED)
+        );
+        assert_eq!(engine.take_fact(4, Some("a.test"), Fact::Run(5)), Ok(0));
+        assert_eq!(
+            engine.take_fact(4, Some("b.test"), Fact::Run(5)),
+            Ok(BLACKLISTED)
+        );
+        assert_eq!(
+            noted(&engine),
+            [(4, Some("b.test".into()), Noted::Banned(COOLDOWN))]
+        );
+        engine
+            .record(6, Some("a.test"), Event::Status(429))
+            .unwrap();
+        assert_eq!(noted(&engine), [(6, Some("a.test".into()), Noted::Failed)]);
+        assert_eq!(engine.next_live_in(Some("a.test")), Duration::ZERO);
+        // One slot cooling for some host, two (slot, host) pairs.
+        assert_eq!(engine.counts(), (19, 2));
+    }
+
+    #[test]
+    fn each_sharing_process_numbers_its_rotated_ids_apart() {
+        let ids = |nth: u64| {
+            let mut settings = example_settings();
+            settings.on_blacklist = "rotate".into();
+            settings.max_failures = 1;
+            let engine = Engine::new(settings.validate().unwrap(), Clock::manual(), Some(1));
+            engine.share(Some(nth));
+            let mut ids = Vec::new();
+            for _ in 0..50 {
+                let number = engine.pick(None, &[]).unwrap();
+                engine.record(number, None, Event::Status(503)).unwrap();
+                ids.push(engine.successor(number).unwrap().as_str().to_owned());
+            }
+            ids
+        };
+        let (first, second) = (ids(1), ids(2));
+        assert!(first.iter().all(|id| !second.contains(id)));
+    }
+
+    fn stat(engine: &Engine, key: &str) -> u64 {
+        engine
+            .stats_snapshot()
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map_or(0, |(_, v)| v)
     }
 }

@@ -17,6 +17,7 @@ pub mod runs;
 pub mod scope;
 pub mod session;
 pub mod settings;
+pub mod shared;
 pub mod slot_tree;
 pub mod snapshot;
 pub mod stats;

@@ -187,6 +187,43 @@ impl Pool {
         true
     }
 
+    /// Raises a live session's run to `failures` (a run counted by every process sharing the
+    /// pool, `shared.rs`); true when that reaches `max_failures` (the caller benches it or gives
+    /// it a new id). A cooling session, or a run already as long, is left alone.
+    pub fn merge_failures(&mut self, index: u32, failures: u32) -> bool {
+        let i = index as usize;
+        if self.pos[i] & COOLING != 0 || failures <= u32::from(self.fails[i]) {
+            return false;
+        }
+        self.fails[i] = u16::try_from(failures).unwrap_or(u16::MAX);
+        failures >= self.max_failures
+    }
+
+    /// Benches a live session from `now` for `max_failures`' usual cooldown (a run counted
+    /// across processes reached it).
+    pub fn bench_now(&mut self, index: u32, now: u64) {
+        self.bench_until(index, now.saturating_add(self.cooldown_ns), now);
+    }
+
+    /// Benches a live session until `until` (another process's ban), kept within the
+    /// cooling queue's order (cooldowns end in the order they are queued): no later than a
+    /// ban made now would end (another machine's clock may run ahead), and no earlier than the
+    /// last queued one, so a ban that arrives after a later local one rests as long as that
+    /// one (longer by the ban's delay in reaching us: milliseconds, unless Redis was away).
+    /// False when the session cools already or `until` is past.
+    pub fn bench_until(&mut self, index: u32, until: u64, now: u64) -> bool {
+        self.expire(now);
+        if self.pos[index as usize] & COOLING != 0 || until <= now {
+            return false;
+        }
+        let last = self.cooling.back().map_or(0, |&last| self.until(last));
+        self.bench(
+            index,
+            until.min(now.saturating_add(self.cooldown_ns)).max(last),
+        );
+        true
+    }
+
     /// Counts a failure without ever cooling the session (`HEX_PROXY_ON_BLACKLIST = "rotate"`):
     /// returns true when it reached `max_failures` in a row, and the run starts over (the
     /// caller gives the slot a new identity).

@@ -160,6 +160,14 @@ impl Slots {
     }
 }
 
+/// What `HostBans::update` does to a (slot, host) record.
+#[derive(Clone, Copy)]
+enum Change {
+    Failure,
+    AtLeast(u32),
+    Until(u64),
+}
+
 impl HostBans {
     pub fn new(size: u32, max_failures: u32, cooldown: Duration) -> Self {
         Self::with_max_records(size, max_failures, cooldown, size.max(MIN_RECORDS))
@@ -243,27 +251,45 @@ impl HostBans {
     /// Counts a failure of `slot` at `host`; true when it blacklists the slot for the host.
     /// A failure while it cools there (an attempt in flight when it was blacklisted) is ignored.
     pub fn failure(&mut self, slot: u32, host: &str, now: u64) -> bool {
+        self.update(slot, host, now, Change::Failure)
+    }
+
+    /// Raises the slot's run at `host` to `failures` (a run counted by every process sharing
+    /// the pool, `shared.rs`); true when that blacklists it for the host. Nothing changes
+    /// while it cools there or when its run is already as long.
+    pub fn merge_failures(&mut self, slot: u32, host: &str, failures: u32, now: u64) -> bool {
+        self.update(slot, host, now, Change::AtLeast(failures))
+    }
+
+    /// Blacklists the slot for `host` until `until` (another process's ban); false when it
+    /// cools there already.
+    pub fn cool_until(&mut self, slot: u32, host: &str, until: u64, now: u64) -> bool {
+        self.update(slot, host, now, Change::Until(until))
+    }
+
+    fn update(&mut self, slot: u32, host: &str, now: u64, change: Change) -> bool {
         let key = self.key_of(host);
         let found = self.find_key(key, now);
         let entry = found.and_then(|h| self.forest.get(self.root(h), slot));
         let fails = match entry {
             Some(Entry::Cooling(_)) => return false,
-            Some(Entry::Failing(fails)) => fails + 1,
-            None => 1,
+            Some(Entry::Failing(fails)) => fails,
+            None => 0,
+        };
+        let (next, blacklisted) = match change {
+            Change::Failure => self.after(fails.saturating_add(1), now),
+            Change::AtLeast(failures) if failures > fails => self.after(failures, now),
+            Change::AtLeast(_) => return false,
+            Change::Until(until) if until > now => (Entry::Cooling(until), true),
+            Change::Until(_) => return false,
         };
         if entry.is_none() {
             self.make_room(found.unwrap_or(NIL));
         }
         let h = found.unwrap_or_else(|| self.add_host(key));
-        let blacklisted = fails >= self.max_failures;
-        let entry = if blacklisted {
-            Entry::Cooling(now.saturating_add(self.cooldown_ns))
-        } else {
-            Entry::Failing(fails)
-        };
         if self
             .forest
-            .set(&mut self.hosts[h as usize].root, slot, entry)
+            .set(&mut self.hosts[h as usize].root, slot, next)
         {
             self.slots.added(slot);
         }
@@ -271,6 +297,15 @@ impl HostBans {
             self.slots.cooled(slot);
         }
         blacklisted
+    }
+
+    /// A run of `fails` failures: still failing, or blacklisted from `now` on.
+    fn after(&self, fails: u32, now: u64) -> (Entry, bool) {
+        if fails >= self.max_failures {
+            (Entry::Cooling(now.saturating_add(self.cooldown_ns)), true)
+        } else {
+            (Entry::Failing(fails), false)
+        }
     }
 
     /// A success at `host` ends the slot's run of failures there (a cooling slot keeps its

@@ -307,6 +307,24 @@ pub const GATEWAY_DOWN_TIMEOUT: Setting = Setting {
     fallback: None,
     doc: "seconds the gateway may stay unreachable before the crawl closes; 0: wait for ever",
 };
+pub const REDIS_URL: Setting = Setting {
+    name: "HEX_PROXY_REDIS_URL",
+    key: None,
+    kind: Kind::Text,
+    default: Default::Unset,
+    fallback: None,
+    doc: "`redis://[user:password@]host:port/db` or `rediss://…`: one pool state shared by \
+          every process that uses it (needs the `redis` package); unset: this process alone",
+};
+pub const REDIS_KEY: Setting = Setting {
+    name: "HEX_PROXY_REDIS_KEY",
+    key: None,
+    kind: Kind::Text,
+    default: Default::Unset,
+    fallback: None,
+    doc: "name of the shared state in Redis; unset: derived from the gateway's host:port \
+          and user (or the list's proxies) and the pool's configuration, never a password",
+};
 pub const BAN_POLICY: Setting = Setting {
     name: "HEX_PROXY_BAN_POLICY",
     key: None,
@@ -362,6 +380,8 @@ pub static SETTINGS: &[Setting] = &[
     USER_AGENTS,
     LOGSTATS_INTERVAL,
     GATEWAY_DOWN_TIMEOUT,
+    REDIS_URL,
+    REDIS_KEY,
     BAN_POLICY,
     MANUAL_CLOCK,
     SEED,

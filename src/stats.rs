@@ -44,6 +44,8 @@ pub struct Stats {
     rotated: AtomicU64,
     /// The sessions that failed most (bounded), fed by failures only.
     worst: Mutex<WorstSessions>,
+    /// Bans another process sharing the pool made, taken here (shared.rs).
+    shared_bans_taken: AtomicU64,
 }
 
 impl Default for Stats {
@@ -62,6 +64,7 @@ impl Default for Stats {
             retries_dropped: AtomicU64::new(0),
             rotated: AtomicU64::new(0),
             worst: Mutex::default(),
+            shared_bans_taken: AtomicU64::new(0),
         }
     }
 }
@@ -122,6 +125,11 @@ impl Stats {
         bump(&self.rotated);
     }
 
+    /// Another process sharing the pool banned a session, and this one took the ban.
+    pub fn shared_ban_taken(&self) {
+        bump(&self.shared_bans_taken);
+    }
+
     /// Every nonzero counter, the worst sessions' figures and the two session gauges, sorted
     /// by key.
     pub fn snapshot(&self, live: u32, cooling: u32) -> Vec<(String, u64)> {
@@ -149,6 +157,7 @@ impl Stats {
             ("retry/wait_ms_max", &self.retry_wait_ms_max),
             ("retry/dropped_at_close", &self.retries_dropped),
             ("rotated", &self.rotated),
+            ("shared/bans_taken", &self.shared_bans_taken),
         ]
         .map(|(name, count)| (format!("hex_proxy/{name}"), load(count)));
         let gauges = [("live", live), ("cooling", cooling)]

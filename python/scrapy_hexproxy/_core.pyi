@@ -288,6 +288,22 @@ class Core:
         list, pool size, ban scope, rotation) changes nothing: the reason, as a string.
         ``ValueError`` for an unreadable state (truncated, damaged), which changes nothing."""
 
+    def share(self, nth: int | None = None) -> None:
+        """Shares the pool with other processes from now on (HEX_PROXY_REDIS_URL), before
+        the first pick; ``nth``: this process's number from the shared counter."""
+    def take_notes(self) -> list[tuple[int, str | None, str, float]]:
+        """``(number, host, what, seconds)`` noted for the other processes since the last
+        call; ``what``: "failed", "cleared" or "banned"."""
+    def take_fact(self, number: int, host: str | None, what: str, value: float = 0.0) -> int:
+        """Takes another process's "run", "cleared" or "banned" about session ``number``;
+        the flags BLACKLISTED and ROTATED."""
+    def credentials_rejected_elsewhere(self) -> bool:
+        """Another process sharing the pool found the credentials rejected: no session is
+        handed out any more; True the first time."""
+    def shared_key(self, origin: str) -> str:
+        """The name of this pool's state in Redis."""
+    def describe(self, origin: str) -> str:
+        """What processes sharing a pool must agree on (no secret)."""
     def now(self) -> float:
         """Seconds on the core's clock since the core was created (monotonic)."""
 

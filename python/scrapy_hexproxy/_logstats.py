@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import _core
 
@@ -71,6 +71,8 @@ class PoolHealth:
         #: When each attempt in the downloader was first seen on a line (by ``id``): an
         #: attempt seen HANGING_SECONDS ago and still there has hung at least that long.
         self._first_seen: dict[int, float] = {}
+        #: More for the line (the shared pool's figures), or None.
+        self.extra: Callable[[], str] | None = None
 
     def start(self) -> None:
         """The crawl starts: rates count from now; the timer starts (system clock only)."""
@@ -95,7 +97,7 @@ class PoolHealth:
         hanging = self.hanging(now.at)
         logger.info(
             "hex_proxy: %d live, %d cooling sessions (%s)%s; per minute: %.1f blacklisted,"
-            " %.1f rotated, %.1f retries, %.1f failures",
+            " %.1f rotated, %.1f retries, %.1f failures%s",
             live,
             cooling,
             _next_back_text(self.core.next_back()),
@@ -104,6 +106,7 @@ class PoolHealth:
             rates["rotated"],
             rates["retry"],
             rates["failure"],
+            self.extra() if self.extra is not None else "",
         )
 
     def hanging(self, now: float) -> int:

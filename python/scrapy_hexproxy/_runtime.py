@@ -32,6 +32,7 @@ from ._settings import (
     read_settings,
     warn_unknown_settings,
 )
+from ._shared import Fact, SharedPool, redis_key, redis_url
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -83,6 +84,21 @@ class Runtime:
         except (ValueError, OverflowError) as exc:  # the core names the setting
             raise HexProxyConfigError(str(exc)) from None
         check_pool_size(settings, self.core.pool_size)
+        #: The pool shared with other processes on Redis (HEX_PROXY_REDIS_URL); None alone.
+        #: Before the JOBDIR's state is restored: a resumed crawl keeps its rotated ids' epoch.
+        self.shared: SharedPool | None = None
+        url = redis_url(crawler.settings)
+        if url is not None:
+            gateway = settings.gateway
+            self.shared = SharedPool(
+                self.core,
+                url,
+                redis_key(crawler.settings),
+                "" if gateway is None else f"{gateway.host}:{gateway.port}",
+                cooldown=settings.core_kwargs["cooldown"],
+                on_facts=self._take_shared,
+                on_credentials=self._stop_for_credentials_elsewhere,
+            )
         #: The pool's state in JOBDIR, restored here; None without JOBDIR.
         self.pool_state = PoolStateFile.open(crawler, self.core, settings.gateway)
         # The gateway's URL for meta["proxy"]; a list's URLs are the core's.
@@ -125,6 +141,8 @@ class Runtime:
             manual_clock=settings.core_kwargs["manual_clock"],
             crawler=crawler,
         )
+        if self.shared is not None:
+            self.health.extra = self.shared.health
         warn_without_timeout(crawler.settings)
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
         #: Retry pacing (HEX_PROXY_RETRY_BACKOFF_BASE > 0); None when off.
@@ -431,7 +449,61 @@ class Runtime:
             return session
         return f"{session} ({label}, {self.core.proxy_source(number)})"
 
+    # -- the shared pool (promise 18) ---------------------------------------------------
+
+    def _take_shared(self, facts: list[Fact]) -> None:
+        """What other processes sharing the pool said (the shared pool's thread hands it over
+        on the reactor's): the core takes each; a ban that follows is logged here."""
+        for number, host, what, value in facts:
+            flags = self.core.take_fact(number, host, what, value)
+            if flags:
+                self._report_shared(number, host, what, flags)
+
+    def _report_shared(self, number: int, host: str | None, what: str, flags: int) -> None:
+        if self.browser_contexts is not None and (
+            flags & _core.ROTATED or (flags & _core.BLACKLISTED and host is None)
+        ):
+            self.browser_contexts.benched(number)
+        where = f" for host {host or '(none)'}" if host is not None else ""
+        then = (
+            f"; its place goes on at once as new session {self.core.successor_id(number)}"
+            if flags & _core.ROTATED
+            else ""
+        )
+        if what == "run":
+            # Decided here, on the count of every process: a ban like a local one.
+            logger.warning(
+                "hex_proxy: session %s blacklisted%s after %d consecutive failures counted by"
+                " every process sharing the pool%s",
+                self.session_name(number),
+                where,
+                self.settings.core_kwargs["max_failures"],
+                then,
+            )
+        else:
+            logger.info(
+                "hex_proxy: session %s blacklisted%s: another process sharing the pool"
+                " benched it%s",
+                self.session_name(number),
+                where,
+                then,
+            )
+
+    def _stop_for_credentials_elsewhere(self) -> None:
+        assert self.shared is not None
+        logger.error(
+            "hex_proxy: another process sharing the pool (Redis %s) found the credentials"
+            " rejected: check HEX_PROXY_USER and HEX_PROXY_PASS (or the list's). Closing the"
+            " spider (%s).",
+            self.shared.where,
+            AUTH_FAILED_REASON,
+        )
+        _scrapy.close_spider(self.crawler, AUTH_FAILED_REASON)
+        self.close_begun()
+
     def _stop_for_bad_credentials(self) -> None:
+        if self.shared is not None:
+            self.shared.credentials_rejected()
         gateway = self.settings.gateway
         if gateway is not None:
             logger.error(
@@ -471,6 +543,8 @@ class Runtime:
 
     def _spider_opened(self, spider: Any = None) -> None:
         self.health.start()
+        if self.shared is not None:
+            self.shared.start()
         if self.jobdir is not None:
             restored = restore_held(self.crawler, self.core, self.jobdir)
             if restored:
@@ -519,6 +593,8 @@ class Runtime:
                 retries,
             )
         gauges = self.health.stop()
+        if self.shared is not None:
+            gauges.update(self.shared.close())
         self.publish_stats()
         stats = _scrapy.late(self.crawler, "stats")
         if stats is not None:

@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["Behavior", "Gateway", "Record", "advance_clock"]
+__all__ = ["Behavior", "Gateway", "Record", "RedisServer", "advance_clock"]
 
 logger = logging.getLogger(__name__)
 
@@ -1122,6 +1122,109 @@ class Gateway:
 
 
 # --------------------------------------------------------------------------- command line
+
+
+class RedisServer:
+    """A real ``redis-server`` (Debian's package, or any on PATH) on a free loopback port, for
+    tests of the shared pool (``HEX_PROXY_REDIS_URL``): nothing saved to disk, stopped with
+    :meth:`stop`. ``password`` sets ``requirepass`` (then :attr:`url` carries it).
+    :meth:`stop` then :meth:`start` again is Redis lost and back, on the same port, empty::
+
+        with RedisServer() as redis:
+            settings["HEX_PROXY_REDIS_URL"] = redis.url
+    """
+
+    def __init__(self, password: str | None = None, executable: str = "redis-server") -> None:
+        import shutil
+
+        found = shutil.which(executable)
+        if found is None:
+            raise RuntimeError(
+                f"{executable} is not installed: apt-get install redis-server (Debian, Ubuntu)"
+                " or see https://redis.io/docs/latest/operate/oss_and_stack/install/"
+            )
+        self.executable = found
+        self.password = password
+        self.port = _free_port()
+        self._process: Any = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{HOST}:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        import subprocess
+
+        args = [
+            self.executable,
+            "--port", str(self.port),
+            "--bind", HOST,
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--loglevel", "warning",
+        ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
+        self._process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir()
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"redis-server exited at start (port {self.port})")
+            try:
+                if self.command("PING") in (b"+PONG", b"-NOAUTH Authentication required."):
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port} within 10 s")
+
+    def stop(self) -> None:
+        """Stops the server at once (SIGKILL: nothing is flushed, as when it crashes)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def command(self, *words: str) -> bytes:
+        """One command in RESP, the first line of the reply (for the fixture's own checks;
+        tests use the ``redis`` package). Authenticates first when a password is set."""
+
+        def encode(parts: tuple[str, ...]) -> bytes:
+            out = f"*{len(parts)}\r\n".encode()
+            for part in parts:
+                data = part.encode()
+                out += b"$%d\r\n%s\r\n" % (len(data), data)
+            return out
+
+        with socket.create_connection((HOST, self.port), timeout=2) as sock:
+            payload = encode(words)
+            if self.password:
+                payload = encode(("AUTH", self.password)) + payload
+            sock.sendall(payload)
+            reader = sock.makefile("rb")
+            if self.password:
+                reader.readline()
+            return reader.readline().rstrip(b"\r\n")
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<RedisServer {HOST}:{self.port}>"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def advance_clock(crawler: object, seconds: float) -> None:

@@ -12,6 +12,7 @@ use crate::engine::{Engine, Event};
 use crate::error::Error;
 use crate::provider::{Entry, Proxy};
 use crate::settings as setting;
+use crate::shared::{Fact, Noted};
 use crate::snapshot::RestoreError;
 
 impl From<Error> for PyErr {
@@ -200,6 +201,66 @@ impl Core {
             }
             Err(err @ RestoreError::Unreadable(_)) => Err(PyValueError::new_err(err.to_string())),
         }
+    }
+
+    /// Shares the pool with other processes from now on (`HEX_PROXY_REDIS_URL`), before the
+    /// first pick; `nth`: this process's number from the shared counter (rotated ids' epoch).
+    #[pyo3(signature = (nth = None))]
+    fn share(&self, nth: Option<u64>) {
+        self.engine.share(nth);
+    }
+
+    /// The notes for the other processes since the last call: `(number, host, what,
+    /// seconds)`, `what` one of "failed", "cleared", "banned" (`seconds`: the ban's length).
+    fn take_notes(&self) -> Vec<(u64, Option<String>, &'static str, f64)> {
+        self.engine
+            .take_notes()
+            .into_iter()
+            .map(|note| {
+                let (what, seconds) = match note.noted {
+                    Noted::Failed => ("failed", 0.0),
+                    Noted::Cleared => ("cleared", 0.0),
+                    Noted::Banned(left) => ("banned", left.as_secs_f64()),
+                };
+                (note.number, note.host.map(Into::into), what, seconds)
+            })
+            .collect()
+    }
+
+    /// Takes what another process says about session `number`: `what` "run" (`value`
+    /// failures counted everywhere), "cleared", or "banned" (`value` seconds left). Returns
+    /// the flags `BLACKLISTED` and `ROTATED`; 0 for a number of no session of this pool.
+    #[pyo3(signature = (number, host, what, value = 0.0))]
+    fn take_fact(&self, number: u64, host: Option<&str>, what: &str, value: f64) -> PyResult<u32> {
+        let fact = match what {
+            "run" => Fact::Run(if value.is_finite() && value > 0.0 {
+                value.min(f64::from(u32::MAX)) as u32
+            } else {
+                0
+            }),
+            "cleared" => Fact::Cleared,
+            "banned" => Fact::Banned(Duration::try_from_secs_f64(value).unwrap_or_default()),
+            other => return Err(PyValueError::new_err(format!("no fact {other:?}"))),
+        };
+        match self.engine.take_fact(number, host, fact) {
+            Err(Error::IndexOutOfRange { .. }) => Ok(0),
+            other => Ok(other?),
+        }
+    }
+
+    /// Another process sharing the pool found the credentials rejected; True the first time.
+    fn credentials_rejected_elsewhere(&self) -> bool {
+        self.engine.credentials_rejected_elsewhere()
+    }
+
+    /// The name of this pool's state in Redis; `origin` as for `snapshot`.
+    fn shared_key(&self, origin: &str) -> String {
+        self.engine.shared_key(origin)
+    }
+
+    /// What processes sharing a pool must agree on (no secret): `origin` as for `snapshot`.
+    fn describe(&self, origin: &str) -> String {
+        self.engine.describe(origin)
     }
 
     fn now(&self) -> f64 {
