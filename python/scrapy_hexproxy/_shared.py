@@ -250,7 +250,7 @@ class SharedPool:
                 if time.monotonic() >= next_peers:
                     next_peers = time.monotonic() + PEERS_EVERY
                     self._count_peers()
-            except Exception as exc:  # noqa: BLE001 - the thread must not die unseen
+            except Exception as exc:  # the thread must not die unseen
                 if not isinstance(exc, (redis.RedisError, OSError)):
                     logger.exception(
                         "hex_proxy: the shared pool's thread failed (a bug: please report it);"
