@@ -49,6 +49,8 @@ def worker(host: str, gateway_url: str, redis_url: str, seed: int) -> None:
         "HEX_PROXY_SEED": seed,
         "DOWNLOAD_DELAY": 0.02,  # both processes crawl at once, not one after the other
         "RANDOMIZE_DOWNLOAD_DELAY": False,
+        # Few waiting in the download slot with a session given before a ban (README).
+        "CONCURRENT_REQUESTS": 2,
         "LOG_LEVEL": "ERROR",
         "TELNETCONSOLE_ENABLED": False,
     }
