@@ -717,7 +717,11 @@ impl Engine {
     /// Shares the pool with other processes from now on (before the first pick): what they
     /// must learn is noted for `take_notes`. `nth`: this process's number from the shared
     /// counter, which gives its rotated ids an epoch of their own (`shared::epoch_of`).
-    pub fn share(&self, nth: Option<u64>) {
+    /// `waker`: called when a note arrives in an empty outbox (see `shared::Waker`).
+    pub fn share(&self, nth: Option<u64>, waker: Option<shared::Waker>) {
+        if let Some(waker) = waker {
+            self.outbox.lock().set_waker(waker);
+        }
         if let (Some(nth), true) = (nth, self.rotates) {
             let epoch = shared::epoch_of(nth);
             if let Some(identities) = &mut self.state.lock().identities {
@@ -857,7 +861,7 @@ mod tests {
         engine_with(|_| {})
     }
 
-    fn stat(engine: &Engine, key: &str) -> u64 {
+    pub(super) fn stat(engine: &Engine, key: &str) -> u64 {
         let snapshot = engine.stats_snapshot();
         snapshot
             .iter()
@@ -2093,6 +2097,7 @@ mod tests {
 /// Sharing the pool with other processes (shared.rs): what is noted, how facts are taken.
 #[cfg(test)]
 mod sharing_tests {
+    use super::tests::stat;
     use super::*;
     use crate::config::{example_settings, Settings};
 
@@ -2100,7 +2105,7 @@ mod sharing_tests {
         let mut settings = example_settings();
         change(&mut settings);
         let engine = Engine::new(settings.validate().unwrap(), Clock::manual(), Some(1));
-        engine.share(None);
+        engine.share(None, None);
         engine
     }
 
@@ -2273,7 +2278,7 @@ mod sharing_tests {
             settings.on_blacklist = "rotate".into();
             settings.max_failures = 1;
             let engine = Engine::new(settings.validate().unwrap(), Clock::manual(), Some(1));
-            engine.share(Some(nth));
+            engine.share(Some(nth), None);
             let mut ids = Vec::new();
             for _ in 0..50 {
                 let number = engine.pick(None, &[]).unwrap();
@@ -2284,13 +2289,5 @@ mod sharing_tests {
         };
         let (first, second) = (ids(1), ids(2));
         assert!(first.iter().all(|id| !second.contains(id)));
-    }
-
-    fn stat(engine: &Engine, key: &str) -> u64 {
-        engine
-            .stats_snapshot()
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .map_or(0, |(_, v)| v)
     }
 }

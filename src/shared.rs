@@ -48,13 +48,31 @@ pub enum Fact {
 /// ended runs are no longer noted (bans are: the runtime keeps its own until Redis is back).
 pub const MAX_NOTES: usize = 100_000;
 
+/// Called when the outbox gets a note while empty: it wakes whoever empties it (the runtime's
+/// thread sleeps until then, so a healthy crawl costs it nothing). It must not block.
+pub type Waker = Box<dyn Fn() + Send + Sync>;
+
 /// The outbox; off (and empty) unless the runtime shares the pool.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Outbox {
     notes: Vec<Note>,
+    waker: Option<Waker>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("notes", &self.notes)
+            .field("waker", &self.waker.is_some())
+            .finish()
+    }
 }
 
 impl Outbox {
+    pub fn set_waker(&mut self, waker: Waker) {
+        self.waker = Some(waker);
+    }
+
     pub fn push(&mut self, number: u64, host: Option<&str>, noted: Noted) {
         if self.notes.len() >= MAX_NOTES && !matches!(noted, Noted::Banned(_)) {
             return;
@@ -64,6 +82,11 @@ impl Outbox {
             host: host.map(Into::into),
             noted,
         });
+        if self.notes.len() == 1 {
+            if let Some(wake) = &self.waker {
+                wake();
+            }
+        }
     }
 
     pub fn take(&mut self) -> Vec<Note> {
@@ -119,6 +142,25 @@ mod tests {
             assert!(epoch_of(nth) >= 1 && epoch_of(nth) < 1 << 31);
         }
         assert_eq!(epoch_of(32_768), 1);
+    }
+
+    #[test]
+    fn the_waker_is_called_when_an_empty_outbox_gets_a_note() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::Arc;
+
+        let woken = Arc::new(AtomicU32::new(0));
+        let mut outbox = Outbox::default();
+        let counter = Arc::clone(&woken);
+        outbox.set_waker(Box::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }));
+        outbox.push(1, None, Noted::Failed);
+        outbox.push(2, None, Noted::Failed);
+        assert_eq!(woken.load(Ordering::Relaxed), 1);
+        outbox.take();
+        outbox.push(3, None, Noted::Cleared);
+        assert_eq!(woken.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -288,9 +288,11 @@ class Core:
         list, pool size, ban scope, rotation) changes nothing: the reason, as a string.
         ``ValueError`` for an unreadable state (truncated, damaged), which changes nothing."""
 
-    def share(self, nth: int | None = None) -> None:
+    def share(self, nth: int | None = None, wake_fd: int | None = None) -> None:
         """Shares the pool with other processes from now on (HEX_PROXY_REDIS_URL), before
-        the first pick; ``nth``: this process's number from the shared counter."""
+        the first pick; ``nth``: this process's number from the shared counter; ``wake_fd``:
+        a socket descriptor, taken over, that gets a byte when a note arrives in an empty
+        outbox."""
     def take_notes(self) -> list[tuple[int, str | None, str, float]]:
         """``(number, host, what, seconds)`` noted for the other processes since the last
         call; ``what``: "failed", "cleared" or "banned"."""

@@ -23,6 +23,9 @@ configuration, ``Core.shared_key``), whose braces are a Redis Cluster hash tag.
 from __future__ import annotations
 
 import logging
+import os
+import select
+import socket
 import threading
 import time
 import uuid
@@ -43,8 +46,11 @@ KEY_SETTING = "HEX_PROXY_REDIS_KEY"
 #: Seconds to connect, and for one command, before Redis counts as away.
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
-#: How long the thread waits for a message before it looks at the core's notes again: the
-#: most a note waits to be sent.
+#: The thread sleeps until a message arrives or the core notes something (it writes a byte
+#: to a socket the thread waits on), or this long at most (to count the processes, to stop).
+IDLE = 1.0
+#: Where the pubsub connection's socket cannot be read (another redis-py): the thread polls,
+#: and a note waits this long at most.
 POLL = 0.02
 #: Reconnection backoff, seconds: doubled from the first to the last.
 RECONNECT_FIRST = 0.5
@@ -186,7 +192,11 @@ class SharedPool:
                 f" again on its own. Start Redis there, or unset {URL_SETTING} to crawl alone."
             ) from None
         self.counts.commands += 3
-        core.share(nth)
+        # Woken by the core: a byte on this pair's first socket whenever a note arrives.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        core.share(nth, os.dup(self._wake_w.fileno()))
         self._up = True
         for number, host, what, value in facts:
             core.take_fact(number, host, what, value)
@@ -201,13 +211,21 @@ class SharedPool:
     def credentials_rejected(self) -> None:
         """This process found the credentials rejected: the others are told (by the thread)."""
         self._credentials_out = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full: a wake-up is pending already
+            pass
 
     def close(self) -> dict[str, int]:
         """The spider closed: the thread sends what is noted, then stops; the stats."""
         self._stop.set()
+        self._wake()
         if self._thread is not None:
             self._thread.join(CONNECT_TIMEOUT + COMMAND_TIMEOUT)
-        for connection in (self._pubsub, self._client):
+        for connection in (self._pubsub, self._client, self._wake_r, self._wake_w):
             try:
                 if connection is not None:
                     connection.close()
@@ -246,7 +264,7 @@ class SharedPool:
                 if not self._up or self._pubsub is None:
                     self._connect()
                     backoff = RECONNECT_FIRST
-                self._pump(0.0 if stopping else POLL)
+                self._pump(0.0 if stopping else IDLE)
                 if time.monotonic() >= next_peers:
                     next_peers = time.monotonic() + PEERS_EVERY
                     self._count_peers()
@@ -319,10 +337,25 @@ class SharedPool:
             )
 
     def _pump(self, timeout: float) -> None:
+        """Waits (at most ``timeout``) for a message or a note; reads every message there is,
+        sends every note, hands the facts over."""
         facts: list[Fact] = []
-        message = self._pubsub.get_message(timeout=timeout)
-        while message is not None:
-            if message.get("type") == "message":
+        connection = self._pubsub.connection
+        sock = getattr(connection, "_sock", None)
+        if sock is not None:
+            select.select([sock, self._wake_r], [], [], timeout)
+            message = self._pubsub.get_message(timeout=0.0)
+        else:
+            message = self._pubsub.get_message(timeout=min(timeout, POLL))
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:  # drained
+            pass
+        # Until nothing is left, buffered or on the socket (a subscription's confirmation also
+        # reads as None).
+        while message is not None or connection.can_read(timeout=0):
+            if message is not None and message.get("type") == "message":
                 fact = self._read(message["data"])
                 if fact is not None:
                     facts.append(fact)

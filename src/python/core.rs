@@ -205,9 +205,30 @@ impl Core {
 
     /// Shares the pool with other processes from now on (`HEX_PROXY_REDIS_URL`), before the
     /// first pick; `nth`: this process's number from the shared counter (rotated ids' epoch).
-    #[pyo3(signature = (nth = None))]
-    fn share(&self, nth: Option<u64>) {
-        self.engine.share(nth);
+    /// `wake_fd`: a socket (a descriptor this call takes over) that gets a byte whenever a
+    /// note arrives in an empty outbox, for the runtime's thread to sleep on.
+    #[pyo3(signature = (nth = None, wake_fd = None))]
+    fn share(&self, nth: Option<u64>, wake_fd: Option<i32>) -> PyResult<()> {
+        let waker = match wake_fd {
+            None => None,
+            Some(fd) => {
+                use std::io::Write as _;
+                use std::os::fd::FromRawFd as _;
+
+                // SAFETY: the caller hands this descriptor over (a dup of its socket's).
+                let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+                stream
+                    .set_nonblocking(true)
+                    .map_err(|err| PyValueError::new_err(format!("wake_fd: {err}")))?;
+                // A full buffer means the thread has a wake-up pending already.
+                let wake: crate::shared::Waker = Box::new(move || {
+                    let _ = (&stream).write(&[1]);
+                });
+                Some(wake)
+            }
+        };
+        self.engine.share(nth, waker);
+        Ok(())
     }
 
     /// The notes for the other processes since the last call: `(number, host, what,
