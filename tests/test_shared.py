@@ -19,7 +19,7 @@ import redis
 from twisted.internet import defer, task
 
 from scrapy_hexproxy import HexProxyMiddleware, _core
-from scrapy_hexproxy._runtime import AUTH_FAILED_REASON
+from scrapy_hexproxy._runtime import AUTH_FAILED_REASON, Runtime
 from scrapy_hexproxy._settings import HexProxyConfigError
 from scrapy_hexproxy._shared import SharedPool
 from scrapy_hexproxy.testing import Behavior, RedisServer
@@ -441,3 +441,30 @@ def test_promise_18_sharing_needs_the_redis_package_and_says_so(monkeypatch, hex
         SharedPool(
             core, hexproxy_redis.url, None, "", cooldown=1, on_facts=print, on_credentials=print
         )
+
+
+@pytest_twisted.ensureDeferred
+async def test_promise_18_the_health_line_shows_the_shared_figures(
+    processes, hexproxy_redis, hook_crawler, caplog
+):
+    a = processes()
+    a.fail(3, 5)
+    client = redis.Redis.from_url(hexproxy_redis.url)
+    await until(lambda: client.exists(f"{a.pool.key}:ban:3") == 1)
+    client.close()
+    crawler = hook_crawler(
+        HEX_PROXY_REDIS_URL=hexproxy_redis.url,
+        HEX_PROXY_REDIS_KEY=a.pool.key,
+        HEX_PROXY_LOGSTATS_INTERVAL=1,
+    )
+    HexProxyMiddleware.from_crawler(crawler)
+    runtime = Runtime.of(crawler)
+    caplog.set_level(logging.INFO, logger="scrapy_hexproxy")
+    runtime.health.log()
+    assert runtime.shared is not None
+    line = caplog.records[-1].getMessage()
+    assert line.startswith("hex_proxy: 19 live, 1 cooling sessions")
+    assert line.endswith(
+        f"; shared on Redis 127.0.0.1:{hexproxy_redis.port}/0 (up): 1 bans in force, 1 processes"
+    )
+    runtime.shared.close()

@@ -14,6 +14,8 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from ._settings import origin_of
+
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from twisted.internet.task import LoopingCall
@@ -41,8 +43,7 @@ class PoolStateFile:
         jobdir = crawler.settings.get("JOBDIR")
         if not jobdir:
             return None
-        origin = "" if gateway is None else f"{gateway.host}:{gateway.port}"
-        state = cls(os.path.join(str(jobdir), STATE_FILE), core, origin)
+        state = cls(os.path.join(str(jobdir), STATE_FILE), core, origin_of(gateway))
         state.restore()
         return state
 

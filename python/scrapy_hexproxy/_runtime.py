@@ -29,6 +29,7 @@ from ._settings import (
     HexProxyConfigError,
     HexSettings,
     check_pool_size,
+    origin_of,
     read_settings,
     warn_unknown_settings,
 )
@@ -89,12 +90,11 @@ class Runtime:
         self.shared: SharedPool | None = None
         url = redis_url(crawler.settings)
         if url is not None:
-            gateway = settings.gateway
             self.shared = SharedPool(
                 self.core,
                 url,
                 redis_key(crawler.settings),
-                "" if gateway is None else f"{gateway.host}:{gateway.port}",
+                origin_of(settings.gateway),
                 cooldown=settings.core_kwargs["cooldown"],
                 on_facts=self._take_shared,
                 on_credentials=self._stop_for_credentials_elsewhere,
@@ -393,10 +393,7 @@ class Runtime:
         ``number`` call for; ``host``: where it went (ban scope "domain"); ``reasons``: what
         the run that benched the session was made of (``"429 x3"`` with a multiplication sign).
         The hooks call this only when a flag other than ``FAILED`` is set."""
-        if self.browser_contexts is not None and (
-            flags & _core.ROTATED or (flags & _core.BLACKLISTED and host is None)
-        ):
-            self.browser_contexts.benched(number)
+        self._close_browser_context(number, flags, host)
         max_failures = self.settings.core_kwargs["max_failures"]
         why = f"{max_failures} consecutive failures" + (f": {reasons}" if reasons else "")
         if flags & _core.ROTATED:
@@ -459,11 +456,16 @@ class Runtime:
             if flags:
                 self._report_shared(number, host, what, flags)
 
-    def _report_shared(self, number: int, host: str | None, what: str, flags: int) -> None:
+    def _close_browser_context(self, number: int, flags: int, host: str | None) -> None:
+        """A session benched everywhere (not for one host only) or rotated: its browser
+        context goes (scrapy-playwright)."""
         if self.browser_contexts is not None and (
             flags & _core.ROTATED or (flags & _core.BLACKLISTED and host is None)
         ):
             self.browser_contexts.benched(number)
+
+    def _report_shared(self, number: int, host: str | None, what: str, flags: int) -> None:
+        self._close_browser_context(number, flags, host)
         where = f" for host {host or '(none)'}" if host is not None else ""
         then = (
             f"; its place goes on at once as new session {self.core.successor_id(number)}"

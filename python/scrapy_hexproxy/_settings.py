@@ -64,6 +64,12 @@ class Gateway:
         return f"{self.scheme}://{host}:{self.port}"
 
 
+def origin_of(gateway: Gateway | None) -> str:
+    """What the core's ``describe`` names the provider by (a saved state's, a shared pool's):
+    the gateway's ``host:port``; ``""`` with a proxy list (the core knows the list)."""
+    return "" if gateway is None else f"{gateway.host}:{gateway.port}"
+
+
 @dataclass(frozen=True)
 class HexSettings:
     #: None with a proxy list.

@@ -365,7 +365,8 @@ class SharedPool:
             self._deliver(facts)
 
     def _keep_notes(self) -> None:
-        """Stopping without Redis: the notes' bans are kept with the rest, unsent."""
+        """Without Redis: the notes' bans are kept with their end, to publish when it is back;
+        the rest is dropped."""
         for number, host, what, seconds in self.core.take_notes():
             if what == "banned":
                 self._own_bans[(number, host)] = _now_ms() + int(seconds * 1000)
@@ -435,12 +436,8 @@ class SharedPool:
         self.counts.bans_sent += 1
 
     def _republish(self) -> None:
-        now = _now_ms()
-        self._own_bans = {k: end for k, end in self._own_bans.items() if end > now}
-        notes = self.core.take_notes()
-        for number, host, what, seconds in notes:
-            if what == "banned":
-                self._own_bans[(number, host)] = now + int(seconds * 1000)
+        self._keep_notes()
+        self._forget_ended_bans()
         if not self._own_bans and not self._credentials_out:
             return
         pipe = self._client.pipeline(transaction=False)
@@ -481,9 +478,13 @@ class SharedPool:
                         facts.append((number, host, "run", float(int(value))))
         return facts
 
-    def _count_peers(self) -> None:
+    def _forget_ended_bans(self) -> None:
         now = _now_ms()
+        self._own_bans = {k: end for k, end in self._own_bans.items() if end > now}
         self._known_bans = {k: end for k, end in self._known_bans.items() if end > now}
+
+    def _count_peers(self) -> None:
+        self._forget_ended_bans()
         reply = self._client.pubsub_numsub(self.channel)
         self.counts.commands += 1
         if reply:
